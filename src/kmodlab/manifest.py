@@ -1,0 +1,392 @@
+"""Kernel module manifests: ``modules/NAME/module.yml``, the single source of truth.
+
+A manifest says what a module is (name, version, license, sources), its parameters,
+the parameters the lab loads it with, and everything that must be observable once it
+is loaded. ``dkms.conf``, load parameters and the testinfra suite are all derived from
+it. Validation errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+MANIFEST_FILE = "module.yml"
+
+ParamType = Literal[
+    "byte", "short", "ushort", "int", "uint", "long", "ulong", "charp", "bool", "invbool"
+]
+Scalar = int | str | bool
+ParamValue = Scalar | list[Scalar]
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "byte": (0, 2**8 - 1),
+    "short": (-(2**15), 2**15 - 1),
+    "ushort": (0, 2**16 - 1),
+    "int": (-(2**31), 2**31 - 1),
+    "uint": (0, 2**32 - 1),
+    "long": (-(2**63), 2**63 - 1),
+    "ulong": (0, 2**64 - 1),
+}
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,54}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9][0-9A-Za-z.+~-]*$")]
+Mode = Annotated[str, StringConstraints(pattern=r"^0[0-7]{3}$")]
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/.*$")]
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or does not validate. The message names file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+def check_value(ptype: ParamType, value: Any) -> Scalar:
+    """Return ``value`` if the kernel would accept it for a parameter of ``ptype``."""
+    if ptype in ("bool", "invbool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value in ("Y", "N", "y", "n", "1", "0"):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{value!r} is not a {ptype} (use true/false)")
+    if ptype == "charp":
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"{value!r} is not a string")
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer ({ptype})")
+    low, high = _INT_RANGES[ptype]
+    if not low <= value <= high:
+        raise ValueError(f"{value} is out of range for {ptype} ({low}..{high})")
+    return value
+
+
+class Parameter(_Model):
+    """A module parameter as the kernel knows it (``module_param`` / ``module_param_array``)."""
+
+    name: Identifier
+    type: ParamType
+    array: bool = False
+    max_count: int | None = Field(default=None, ge=1, description="array capacity")
+    default: ParamValue
+    perm: Mode = "0000"
+    description: str
+
+    @field_validator("perm")
+    @classmethod
+    def _not_world_writable(cls, value: str) -> str:
+        if int(value, 8) & 0o002:
+            raise ValueError("the kernel refuses world-writable parameters (o+w)")
+        return value
+
+    @model_validator(mode="after")
+    def _default_matches_type(self) -> Parameter:
+        self.validate_value(self.default, field="default")
+        if self.array and self.max_count is None:
+            raise ValueError("array parameters need max_count")
+        return self
+
+    @property
+    def visible(self) -> bool:
+        """Whether the parameter shows in ``/sys/module/NAME/parameters``."""
+        return int(self.perm, 8) != 0
+
+    def validate_value(self, value: Any, field: str = "value") -> ParamValue:
+        if self.array:
+            if not isinstance(value, list):
+                raise ValueError(f"{field} of array parameter {self.name} must be a list")
+            if self.max_count is not None and len(value) > self.max_count:
+                raise ValueError(
+                    f"{field} of {self.name} has {len(value)} elements, at most {self.max_count}"
+                )
+            return [check_value(self.type, v) for v in value]
+        if isinstance(value, list):
+            raise ValueError(f"{field} of {self.name} must be a single {self.type}, not a list")
+        return check_value(self.type, value)
+
+
+class ProcDevice(_Model):
+    """An entry of ``/proc/devices``."""
+
+    name: str
+    kind: Literal["char", "block"] = "char"
+    major: int | Literal["dynamic"] = "dynamic"
+    major_param: Identifier | None = Field(
+        default=None, description="parameter that sets the major (its live value is expected)"
+    )
+
+
+class DevNode(_Model):
+    """A ``/dev`` node; its major must equal the one of ``device`` in ``/proc/devices``."""
+
+    path: AbsPath
+    type: Literal["char", "block"] = "char"
+    device: str = Field(description="name of the proc_devices entry it belongs to")
+    minor: int = Field(default=0, ge=0)
+    mode: Mode | None = None
+
+
+class PathCheck(_Model):
+    """A sysfs or /proc path that must exist, with mode and content."""
+
+    path: AbsPath
+    kind: Literal["file", "directory"] = "file"
+    mode: Mode | None = None
+    content: str | None = Field(default=None, description="regex the content must match")
+
+    @field_validator("content")
+    @classmethod
+    def _content_regex(cls, value: str | None) -> str | None:
+        return value if value is None else _regex(value)
+
+
+class Dmesg(_Model):
+    load: list[str] = []
+    unload: list[str] = []
+
+    @field_validator("load", "unload")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        return [_regex(v) for v in value]
+
+
+class Step(_Model):
+    """One step of a functional check: write data to a path, or read it and match."""
+
+    op: Literal["write", "read"]
+    path: AbsPath
+    data: str | None = Field(default=None, description="bytes to write (write only)")
+    expect: str | None = Field(default=None, description="regex the read data must match")
+    error: str | None = Field(
+        default=None, pattern=r"^E[A-Z0-9]+$", description="errno name the step must fail with"
+    )
+    size: int = Field(default=4096, ge=1, description="bytes to read at most")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Step:
+        if self.op == "write" and self.data is None:
+            raise ValueError("a write step needs data")
+        if self.op == "read" and self.data is not None:
+            raise ValueError("a read step takes no data")
+        if self.expect is not None:
+            _regex(self.expect)
+        return self
+
+
+class Functional(_Model):
+    name: str
+    steps: list[Step] = Field(min_length=1)
+
+
+class Expect(_Model):
+    """Everything that must be observable while the module is loaded."""
+
+    proc_devices: list[ProcDevice] = []
+    dev_nodes: list[DevNode] = []
+    sysfs: list[PathCheck] = []
+    procfs: list[PathCheck] = []
+    dmesg: Dmesg = Dmesg()
+    modinfo: dict[str, str] = Field(
+        default_factory=dict, description="modinfo field -> regex (license, author, ...)"
+    )
+    functional: list[Functional] = []
+
+    @field_validator("sysfs")
+    @classmethod
+    def _under_sys(cls, value: list[PathCheck]) -> list[PathCheck]:
+        for item in value:
+            if not item.path.startswith("/sys/"):
+                raise ValueError(f"{item.path} is not under /sys")
+        return value
+
+    @field_validator("procfs")
+    @classmethod
+    def _under_proc(cls, value: list[PathCheck]) -> list[PathCheck]:
+        for item in value:
+            if not item.path.startswith("/proc/"):
+                raise ValueError(f"{item.path} is not under /proc")
+        return value
+
+    @field_validator("modinfo")
+    @classmethod
+    def _modinfo_regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k: _regex(v) for k, v in value.items()}
+
+
+class Lab(_Model):
+    """How the teaching lab loads the module."""
+
+    params: dict[str, ParamValue] = {}
+
+
+class Manifest(_Model):
+    name: ModuleName = Field(description="DKMS package name; also the folder and .ko name")
+    version: Version
+    description: str
+    license: str
+    author: str
+    sources: list[str] = Field(min_length=1)
+    depends: list[ModuleName] = Field(default=[], description="manifest modules loaded first")
+    parameters: list[Parameter] = []
+    lab: Lab = Lab()
+    expect: Expect = Expect()
+
+    @property
+    def kmod(self) -> str:
+        """The name the running kernel uses (``/sys/module``, ``/proc/modules``)."""
+        return self.name.replace("-", "_")
+
+    def param(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.parameters) or "none"
+        raise KeyError(f"module {self.name} has no parameter {name!r} (known: {known})")
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, ParamValue]:
+        """Check wanted load parameters against the declared ones; raise ValueError."""
+        out: dict[str, ParamValue] = {}
+        for key, value in params.items():
+            try:
+                out[key] = self.param(key).validate_value(value, field=f"parameter {key}")
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+        return out
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Manifest:
+        names = [p.name for p in self.parameters]
+        if len(names) != len(set(names)):
+            raise ValueError("parameters: duplicate parameter names")
+        self.validate_params(dict(self.lab.params))
+        devices = {d.name: d for d in self.expect.proc_devices}
+        for dev in self.expect.proc_devices:
+            if dev.major_param is not None:
+                p = self.param(dev.major_param)
+                if p.type not in ("int", "uint", "short", "ushort") or p.array:
+                    raise ValueError(f"major_param {p.name} must be an integer parameter")
+        for node in self.expect.dev_nodes:
+            if node.device not in devices:
+                raise ValueError(
+                    f"dev node {node.path} names device {node.device!r}, "
+                    f"not in expect.proc_devices ({', '.join(devices) or 'none'})"
+                )
+            if devices[node.device].kind != node.type:
+                raise ValueError(f"dev node {node.path} is {node.type}, its device is not")
+        if self.name in self.depends:
+            raise ValueError("depends: a module cannot depend on itself")
+        return self
+
+    def wanted_params(self, overrides: dict[str, Any] | None = None) -> dict[str, ParamValue]:
+        """The lab parameters with ``overrides`` applied (overrides win), validated."""
+        merged: dict[str, Any] = dict(self.lab.params)
+        merged.update(overrides or {})
+        return self.validate_params(merged)
+
+    def expected_major(self, dev: ProcDevice, params: dict[str, Any]) -> int | None:
+        """The major ``dev`` must have given load ``params``; None when dynamic."""
+        if dev.major_param is not None:
+            value = params.get(dev.major_param, self.param(dev.major_param).default)
+            return int(value)
+        return None if dev.major == "dynamic" else dev.major
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid manifest ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"  - field {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate one manifest file (or a module folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest file") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a manifest is a YAML mapping, got {type(raw).__name__}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(_format_error(path, exc)) from None
+    if manifest.name != path.parent.name:
+        raise ManifestError(
+            f"{path}: field name: {manifest.name!r} must equal its folder name {path.parent.name!r}"
+        )
+    for src in manifest.sources:
+        if not (path.parent / src).is_file():
+            raise ManifestError(f"{path}: field sources: {src} does not exist beside it")
+    return manifest
+
+
+def load_all(modules_dir: Path) -> dict[str, Manifest]:
+    """All manifests under ``modules_dir``, by name; checks dependencies exist."""
+    manifests: dict[str, Manifest] = {}
+    for path in sorted(Path(modules_dir).glob(f"*/{MANIFEST_FILE}")):
+        m = load_manifest(path)
+        manifests[m.name] = m
+    for m in manifests.values():
+        for dep in m.depends:
+            if dep not in manifests:
+                raise ManifestError(
+                    f"{modules_dir}/{m.name}/{MANIFEST_FILE}: field depends: unknown module {dep!r}"
+                )
+    return manifests
+
+
+def load_order(manifests: dict[str, Manifest], selected: list[str]) -> list[str]:
+    """``selected`` sorted so that every module comes after its dependencies."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ManifestError(f"dependency cycle through module {name!r}")
+        if name not in manifests:
+            raise ManifestError(
+                f"unknown module {name!r}: no modules/{name}/{MANIFEST_FILE} "
+                f"(known: {', '.join(sorted(manifests))})"
+            )
+        visiting.add(name)
+        for dep in manifests[name].depends:
+            visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in sorted(selected):
+        visit(name)
+    return order
