@@ -75,7 +75,6 @@ static ssize_t memory_write(struct file *file, const char __user *buf,
 		return -EFAULT;
 
 	atomic_set(&memory_byte, byte);
-	*ppos += count;
 	return count;
 }
 
@@ -111,7 +110,7 @@ static int __init memory_start(void)
 
 	ret = register_chrdev(major, MEMORY_NAME, &memory_fops);
 	if (ret < 0) {
-		pr_err("cannot register major %d: error %d (is it in use? see /proc/devices)\n",
+		pr_err("cannot register major %d: error %d (in use? see /proc/devices)\n",
 		       major, ret);
 		return ret;
 	}
