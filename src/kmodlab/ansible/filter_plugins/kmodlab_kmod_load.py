@@ -1,0 +1,180 @@
+# GPL-2.0-only
+"""Filters for the kmod_load role: parameter strings, the local fact, failure messages.
+
+Controller side. The normalisation is the one the target-side probe uses
+(``module_utils/kmodlab_kmod.py``), imported through the installed ``kmodlab`` package.
+"""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from kmodlab.ansible.module_utils import kmodlab_kmod as _kmod
+except ImportError as exc:  # pragma: no cover - controller without the package
+    _kmod = None
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+
+def _lib():
+    if _kmod is None:
+        raise AnsibleFilterError(
+            "the kmodlab Python package is not importable on the controller "
+            f"({_IMPORT_ERROR}); run Ansible from the kmodlab virtualenv"
+        )
+    return _kmod
+
+
+def _record(record, where):
+    if not isinstance(record, dict) or "name" not in record or "manifest" not in record:
+        raise AnsibleFilterError(f"{where}: expects a record of the kmodlab_modules lookup")
+    return record
+
+
+def kmod_options(record):
+    """Arguments of the ``options KMOD ...`` line of /etc/modprobe.d/NAME.conf."""
+    lib = _lib()
+    rec = _record(record, "kmodlab_kmod_options")
+    try:
+        return lib.options_string(lib.declarations(rec), rec.get("params"))
+    except lib.ParamError as exc:
+        raise AnsibleFilterError(f"{rec['name']}: {exc}") from None
+
+
+def kmod_args(record):
+    """The ``params`` string of community.general.modprobe (shell-quoted k=v words)."""
+    lib = _lib()
+    rec = _record(record, "kmodlab_kmod_args")
+    try:
+        return lib.args_string(lib.declarations(rec), rec.get("params"))
+    except lib.ParamError as exc:
+        raise AnsibleFilterError(f"{rec['name']}: {exc}") from None
+
+
+def kmod_load_problems(entry):
+    """What is wrong after loading, from a probe entry read back with kernel_log_since.
+
+    Empty when every visible wanted parameter has its value, none is missing from sysfs
+    and the kernel neither refused nor ignored a parameter.
+    """
+    problems = []
+    name = entry.get("name")
+    if not entry.get("loaded"):
+        problems.append(f"{name} is not loaded after modprobe")
+    for err in entry.get("param_errors") or []:
+        problems.append(f"{name}: the kernel refused parameter {err['param']}: {err['message']}")
+    for param in entry.get("missing") or []:
+        problems.append(
+            f"{name}: parameter {param} is declared visible in the manifest but has no file "
+            f"in /sys/module/{entry.get('kmod')}/parameters (the module does not have it?)"
+        )
+    for mismatch in entry.get("mismatches") or []:
+        problems.append(
+            f"{name}: parameter {mismatch['param']} is {mismatch['live']!r} after loading, "
+            f"wanted {mismatch['wanted']!r}"
+        )
+    return problems
+
+
+def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=None):
+    """One readable message for a module that could not be loaded as wanted.
+
+    record:      the resolved record
+    failed:      ansible_failed_result of the task that failed (modprobe or the check)
+    probe_entry: the probe entry read after the failure (kernel_log, param_errors)
+    restored:    whether loading the previous configuration again succeeded
+    previous:    the probe entry from before (previous.loaded, previous.params)
+    """
+    name = record.get("name")
+    probe_entry = probe_entry or {}
+    failed = failed or {}
+    wanted = {}
+    lib = _lib()
+    try:
+        wanted = lib.normalise(lib.declarations(record), record.get("params"))
+    except lib.ParamError:
+        wanted = dict(record.get("params") or {})
+    parts = []
+    errors = probe_entry.get("param_errors") or []
+    if errors:
+        for err in errors:
+            value = wanted.get(err["param"], err.get("value"))
+            parts.append(
+                f"{name}: the kernel refused parameter {err['param']}={value}: {err['message']}"
+            )
+    else:
+        parts.append(f"{name}: loading with {_show(wanted)} failed")
+    detail = str(failed.get("msg") or failed.get("stderr") or "").strip()
+    if detail:
+        parts.append(f"({detail})")
+    log = probe_entry.get("kernel_log") or []
+    if log and not errors:
+        parts.append("kernel said: " + " | ".join(log[-5:]))
+    previous = previous or {}
+    before = (previous.get("previous") or {}) if isinstance(previous, dict) else {}
+    if before.get("loaded"):
+        if _truthy(restored):
+            parts.append(
+                f"The previous configuration was loaded again ({_show(before.get('params'))})."
+            )
+        else:
+            parts.append(
+                f"Loading the previous configuration again ({_show(before.get('params'))}) "
+                f"failed too: {name} is not loaded."
+            )
+    else:
+        parts.append(f"{name} was not loaded before and is left unloaded.")
+    return " ".join(parts)
+
+
+def _truthy(value):
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1")
+    return bool(value)
+
+
+def _show(params):
+    if not params:
+        return "no parameters"
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def kmod_load_fact(records, failed=None, recorded=None):
+    """Content of /etc/ansible/facts.d/kmodlab_kmod_load.fact: ``{"modules": {...}}``.
+
+    Each selected module maps to its kmod name, version, state, persist and wanted
+    parameters. A module that failed keeps the entry of the last successful run (or
+    none), so the fact always describes what was really applied.
+    """
+    failed = failed or {}
+    recorded = recorded or {}
+    if isinstance(recorded, dict) and isinstance(recorded.get("modules"), dict):
+        recorded = recorded["modules"]
+    modules = {}
+    for rec in records or []:
+        name = rec["name"]
+        if name in failed:
+            if isinstance(recorded, dict) and name in recorded:
+                modules[name] = recorded[name]
+            continue
+        modules[name] = {
+            "kmod": rec["kmod"],
+            "version": rec["version"],
+            "state": rec["state"],
+            "persist": bool(rec.get("persist", True)),
+            "params": dict(sorted((rec.get("params") or {}).items())),
+        }
+    return {"modules": modules}
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "kmodlab_kmod_options": kmod_options,
+            "kmodlab_kmod_args": kmod_args,
+            "kmodlab_kmod_load_problems": kmod_load_problems,
+            "kmodlab_kmod_load_failure": kmod_load_failure,
+            "kmodlab_kmod_load_fact": kmod_load_fact,
+        }

@@ -1,0 +1,1105 @@
+#!/usr/bin/python
+# GPL-2.0-only
+"""kmodlab_dkms: add, build and install a list of DKMS packages, only where needed.
+
+Runs on the managed host. It must not import ``kmodlab`` (not installed there); shared
+target-side code lives in ``module_utils/kmodlab_dkms_status.py``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kmodlab_dkms
+short_description: Add, build and install DKMS packages, only where needed, in one call
+description:
+  - Brings a list of DKMS packages to their wanted state for one kernel in a single module
+    invocation, because every task round trip to a slow (emulated) guest costs seconds and a
+    DKMS build there costs minutes.
+  - Reads C(dkms status) once (dkms 2.x C(name, version, ...) and 3.x C(name/version, ...)
+    formats, including the C((WARNING! ...)) suffixes) and acts only on a difference.
+  - For a package with O(packages[].state=present) it writes the given O(packages[].files)
+    into O(packages[].source_path) when they differ, then runs C(dkms add), C(dkms build) and
+    C(dkms install) only for the steps that are missing for the kernel. A package already
+    built or installed is rebuilt when its sources changed since that build (a digest of the
+    source folder is recorded beside each build), when dkms reports a built module missing,
+    or when its source folder is gone; an installed module that dkms reports as different
+    from its build is reinstalled.
+  - Builds of different packages run concurrently in a thread pool (each build works in its
+    own C(/var/lib/dkms/NAME/VERSION/build) folder). When the signing key that dkms would
+    generate on its first build is still missing, the first build runs alone so two builds
+    cannot race to create it.
+  - Installs run one at a time with C(--no-depmod), and C(depmod) runs once per affected
+    kernel at the end, instead of once per package (in a TCG guest each depmod costs tens
+    of seconds, and concurrent depmods would write the same C(modules.dep)).
+  - When another version of the same package is registered, the wanted version is installed
+    first (with C(--force-version-override), so a downgrade is honoured), checked with
+    C(dkms status), and only then are the other versions removed with their source folders.
+    When the new version fails to build or install, the old one stays installed.
+  - A package that fails does not stop the others. Its result carries the tail of
+    C(make.log); the module fails at the end naming every failed package, and returns
+    RV(failed_packages) so a role can record the failure and carry on with the good ones.
+  - A version this run added and then failed to build or install is removed from DKMS
+    again (O(cleanup_failed)), so a later kernel upgrade's C(dkms autoinstall) does not trip
+    over it. Its sources stay in O(source_root) for debugging.
+  - O(packages[].state=absent) removes every registered version of the package from DKMS
+    (all kernels) and deletes their source folders.
+  - Optionally records what is deployed in a static local fact (JSON).
+version_added: "0.1.0"
+author: kmodlab
+options:
+  packages:
+    description: The DKMS packages to manage, one entry per package name.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: DKMS package name (C(PACKAGE_NAME) in C(dkms.conf)).
+        type: str
+        required: true
+      version:
+        description:
+          - Wanted version (C(PACKAGE_VERSION)).
+          - With O(packages[].state=absent) every version is removed, not only this one.
+        type: str
+        required: true
+      state:
+        description:
+          - V(present) to have it built and installed for O(kernel).
+          - V(absent) to remove it from DKMS entirely.
+        type: str
+        choices: [present, absent]
+        default: present
+      source_path:
+        description:
+          - Folder holding the sources and C(dkms.conf).
+          - dkms adds sources only from C(SOURCE_ROOT/NAME-VERSION), so this must be that
+            folder; defaults to it.
+        type: path
+      files:
+        description:
+          - Text files to place in O(packages[].source_path), relative name to content
+            (C(dkms.conf) included).
+          - Files whose content already matches are not touched; other files in the folder
+            are left alone. Omit to use whatever is in the folder.
+        type: dict
+  kernel:
+    description: Kernel release to build and install for; defaults to the running kernel.
+    type: str
+  jobs:
+    description: Most builds to run at the same time. V(0) means the number of CPUs.
+    type: int
+    default: 0
+  log_lines:
+    description: Trailing lines of C(make.log) (or of the dkms output) a failed package returns.
+    type: int
+    default: 40
+  cleanup_failed:
+    description: Remove from DKMS a version that this run added but could not build or install.
+    type: bool
+    default: true
+  fact_path:
+    description:
+      - Static local fact file to record deployed packages in (JSON, name to version,
+        kernel, status), for example C(/etc/ansible/facts.d/kmodlab_dkms_module.fact).
+      - Entries of packages not in O(packages) are kept; absent packages are dropped.
+      - Not written when omitted.
+    type: path
+  source_root:
+    description: dkms's source tree (C(source_tree) in C(/etc/dkms/framework.conf)).
+    type: path
+    default: /usr/src
+  dkms_tree:
+    description: dkms's own tree (C(dkms_tree) in C(/etc/dkms/framework.conf)).
+    type: path
+    default: /var/lib/dkms
+attributes:
+  check_mode:
+    description: Reports what would change; runs only C(dkms status).
+    support: full
+  diff_mode:
+    description: C(dkms status) lines of each changed package before and after, and changed sources.
+    support: full
+  platform:
+    description: Linux hosts with dkms 2.3 or newer (C(--no-depmod)); checked with dkms 3.0.10.
+    support: full
+    platforms: posix
+notes:
+  - A same-version rebuild (sources changed, version not bumped) removes that version
+    before building it again, so a failing rebuild leaves no module installed. Bump the
+    version to get the keep-the-old-one guarantee.
+  - Removing an old version removes it for every kernel; other kernels get the new one
+    from dkms's own C(autoinstall) when their turn comes.
+"""
+
+EXAMPLES = r"""
+- name: Build and install two packages for the running kernel
+  kmodlab_dkms:
+    packages:
+      - name: hello-5
+        version: "1.2"
+        files:
+          hello-5.c: "{{ lookup('ansible.builtin.file', 'hello-5/hello-5.c', rstrip=false) }}"
+          Kbuild: "obj-m := hello-5.o\n"
+          dkms.conf: "{{ lookup('ansible.builtin.template', 'usr/src/dkms.conf.j2') }}"
+      - name: chardev
+        version: "0.3"
+    fact_path: /etc/ansible/facts.d/kmodlab_dkms_module.fact
+  register: dkms_run
+
+- name: Remove a package from DKMS entirely
+  kmodlab_dkms:
+    packages:
+      - name: hello-5
+        version: "1.2"
+        state: absent
+
+- name: Build for a kernel that is installed but not running
+  kmodlab_dkms:
+    kernel: 6.1.0-56-amd64
+    packages:
+      - name: hello-5
+        version: "1.2"
+"""
+
+RETURN = r"""
+kernel:
+  description: Kernel release the packages were managed for.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+packages:
+  description: One result per package, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Package name.
+      type: str
+      returned: always
+    version:
+      description: Wanted version.
+      type: str
+      returned: always
+    state:
+      description: Wanted state.
+      type: str
+      returned: always
+    kernel:
+      description: Kernel release.
+      type: str
+      returned: always
+    before:
+      description:
+        - Every registered version's status for O(kernel) before the run.
+        - C(added), C(built), C(installed) or C(broken).
+      type: dict
+      returned: always
+      sample: {"1.1": "installed"}
+    after:
+      description: The same after the run (predicted in check mode).
+      type: dict
+      returned: always
+      sample: {"1.2": "installed"}
+    status:
+      description: Status of the wanted version for O(kernel) after the run, or C(absent).
+      type: str
+      returned: always
+      sample: installed
+    changed:
+      description: Whether this package changed (or would change, in check mode).
+      type: bool
+      returned: always
+    actions:
+      description:
+        - Steps taken, in order (planned ones, in check mode).
+        - For example C(sources), C(add), C(build), C(install), C(remove 1.1), C(delete PATH).
+      type: list
+      elements: str
+      returned: always
+      sample: [sources, add, build, install, remove 1.1]
+    files_changed:
+      description: Source files written (or that would be written).
+      type: list
+      elements: str
+      returned: always
+    removed_versions:
+      description: Versions removed from DKMS.
+      type: list
+      elements: str
+      returned: always
+    failed:
+      description: Whether this package failed.
+      type: bool
+      returned: always
+    step:
+      description: The step that failed.
+      type: str
+      returned: when failed
+      sample: build
+    msg:
+      description: What went wrong and what to do.
+      type: str
+      returned: when failed
+    rc:
+      description: Exit status of the failed command.
+      type: int
+      returned: when a command failed
+    stdout:
+      description: Last lines of the failed command's standard output.
+      type: str
+      returned: when a command failed
+    stderr:
+      description: Last lines of the failed command's standard error.
+      type: str
+      returned: when a command failed
+    log_tail:
+      description: Last O(log_lines) lines of C(make.log), or of dkms's output if make never ran.
+      type: list
+      elements: str
+      returned: when the build failed
+    log_path:
+      description: Where the full C(make.log) was (gone if O(cleanup_failed) removed the version).
+      type: str
+      returned: when the build failed
+failed_packages:
+  description: Names of the packages that failed.
+  returned: always
+  type: list
+  elements: str
+  sample: [broken-mod]
+depmod:
+  description: Kernels C(depmod -a) ran (or would run) for.
+  returned: always
+  type: list
+  elements: str
+fact_changed:
+  description: Whether the local fact file changed (or would change).
+  returned: always
+  type: bool
+status_unparsed:
+  description: Lines of C(dkms status) that were not status lines (dkms warnings).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kmodlab_dkms_status import (
+    entry_for,
+    kernels_installed,
+    parse_status,
+    read_tail,
+    source_digest,
+    status_lines,
+    tail,
+    versions_on_kernel,
+)
+
+ARGUMENT_SPEC = dict(
+    packages=dict(
+        type="list",
+        elements="dict",
+        required=True,
+        options=dict(
+            name=dict(type="str", required=True),
+            version=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            source_path=dict(type="path"),
+            files=dict(type="dict"),
+        ),
+    ),
+    kernel=dict(type="str"),
+    jobs=dict(type="int", default=0),
+    log_lines=dict(type="int", default=40),
+    cleanup_failed=dict(type="bool", default=True),
+    fact_path=dict(type="path"),
+    source_root=dict(type="path", default="/usr/src"),
+    dkms_tree=dict(type="path", default="/var/lib/dkms"),
+)
+
+# Where kernels keep their modules and System.map; module-level so tests can point them
+# at a scratch folder.
+LIB_MODULES = "/lib/modules"
+BOOT = "/boot"
+FRAMEWORK_CONFS = ("/etc/dkms/framework.conf", "/etc/dkms/framework.conf.d")
+OS_RELEASE = "/etc/os-release"
+DIGEST_FILE = "kmodlab-source.sha256"
+# English, so dkms/make/gcc output (and our parsing of it) does not depend on the locale.
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LC_MESSAGES": "C"}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+~-]*$")
+_OUTPUT_LINES = 40
+_SIGNING_SETTING = re.compile(r"""^\s*(mok_signing_key|mok_certificate)=["']?([^"'\s]+)""")
+_PACKAGE_NAME = re.compile(r"""^\s*PACKAGE_NAME=["']?([^"'\s]+)""", re.MULTILINE)
+
+
+def _package_name(conf):
+    match = _PACKAGE_NAME.search(conf)
+    return match.group(1) if match else None
+
+
+class Package:
+    """One package: its plan, then its result."""
+
+    def __init__(self, spec, kernel, source_root):
+        self.name = spec["name"]
+        self.version = spec["version"]
+        self.state = spec["state"]
+        self.kernel = kernel
+        self.source_path = spec["source_path"] or os.path.join(
+            source_root, "%s-%s" % (self.name, self.version)
+        )
+        self.files = spec["files"]
+        self.before = {}
+        self.after = {}
+        self.entry = None
+        self.files_changed = []
+        self.file_diffs = []
+        self.rebuild_reason = None
+        self.repair = False
+        self.others = []
+        self.stale = []
+        self.planned_removals = []
+        self.steps = []
+        self.done = []
+        self.removed_versions = []
+        self.failure = None
+        self.reverted = False
+        self.added_now = False
+        self.adopt_digest = False
+
+    @property
+    def failed(self):
+        return self.failure is not None
+
+    def fail(self, step, msg, rc=None, stdout=None, stderr=None, log_tail=None, log_path=None):
+        self.failure = {"step": step, "msg": msg}
+        if rc is not None:
+            self.failure["rc"] = rc
+            self.failure["stdout"] = "\n".join(tail(stdout, _OUTPUT_LINES))
+            self.failure["stderr"] = "\n".join(tail(stderr, _OUTPUT_LINES))
+        if log_tail is not None:
+            self.failure["log_tail"] = log_tail
+        if log_path is not None:
+            self.failure["log_path"] = log_path
+
+    def has(self, step):
+        return step in self.steps
+
+    def changed(self, check_mode):
+        if check_mode:
+            return bool(self.steps) or bool(self.files_changed)
+        if self.files_changed or self.before != self.after:
+            return True
+        return bool(self.done) and not self.reverted
+
+    def result(self, check_mode):
+        out = {
+            "name": self.name,
+            "version": self.version,
+            "state": self.state,
+            "kernel": self.kernel,
+            "before": self.before,
+            "after": self.after,
+            "status": self.after.get(self.version, "absent"),
+            "changed": self.changed(check_mode),
+            "actions": list(self.steps if check_mode else self.done),
+            "files_changed": self.files_changed,
+            "removed_versions": self.planned_removals if check_mode else self.removed_versions,
+            "failed": self.failed,
+        }
+        if self.failure:
+            out.update(self.failure)
+        return out
+
+
+class Dkms:
+    """The run: read state, plan, act, report."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.check_mode = module.check_mode
+        self.kernel = self.params["kernel"] or os.uname()[2]
+        self.arch = os.uname()[4]
+        self.dkms_tree = self.params["dkms_tree"]
+        self.source_root = self.params["source_root"]
+        self.log_lines = max(0, self.params["log_lines"])
+        self.warnings = []
+        self.depmod_kernels = set()
+        self.planned_depmod = set()
+        self.unparsed = []
+        self.dkms_bin = module.get_bin_path("dkms", required=False)
+        self.packages = [Package(s, self.kernel, self.source_root) for s in self.params["packages"]]
+
+    # -- commands ---------------------------------------------------------------------
+
+    def run(self, argv):
+        """Run one command (argument list, never a shell); safe to call from threads."""
+        return self.module.run_command(argv, environ_update=C_LOCALE, handle_exceptions=False)
+
+    def dkms(self, *args):
+        return self.run([self.dkms_bin, *args])
+
+    def read_status(self):
+        if self.dkms_bin is None:
+            return []
+        rc, out, err = self.dkms("status")
+        if rc != 0:
+            self.module.fail_json(
+                msg="'dkms status' failed (rc=%d): fix the DKMS tree in %s (see stderr), then "
+                "re-run." % (rc, self.dkms_tree),
+                rc=rc,
+                stdout=out,
+                stderr=err,
+                kernel=self.kernel,
+            )
+        entries, unparsed = parse_status(out)
+        self.unparsed.extend(unparsed)
+        return entries
+
+    # -- input checks -----------------------------------------------------------------
+
+    def validate(self):
+        seen = set()
+        for p in self.packages:
+            for field, value in (("name", p.name), ("version", p.version)):
+                if not _SAFE_NAME.match(value):
+                    self.module.fail_json(
+                        msg="packages: %s %r is not a valid DKMS %s (letters, digits and "
+                        "'_.+~-', starting with a letter or digit)" % (field, value, field)
+                    )
+            if p.name in seen:
+                self.module.fail_json(msg="packages: %s is listed twice; list each once" % p.name)
+            seen.add(p.name)
+            wanted = os.path.join(self.source_root, "%s-%s" % (p.name, p.version))
+            if os.path.normpath(p.source_path) != os.path.normpath(wanted):
+                self.module.fail_json(
+                    msg="packages: source_path of %s is %s, but dkms adds sources only from "
+                    "%s: drop source_path or point it there" % (p.name, p.source_path, wanted)
+                )
+            for rel, content in (p.files or {}).items():
+                norm = os.path.normpath(rel)
+                if os.path.isabs(rel) or norm.startswith("..") or norm in (".", ""):
+                    self.module.fail_json(
+                        msg="packages: file name %r of %s must be relative to its source "
+                        "folder and stay inside it" % (rel, p.name)
+                    )
+                if not isinstance(content, str):
+                    self.module.fail_json(
+                        msg="packages: content of %s/%s must be text" % (p.name, rel)
+                    )
+
+    # -- planning ---------------------------------------------------------------------
+
+    def compare_files(self, p):
+        for rel in sorted(p.files or {}):
+            dest = os.path.join(p.source_path, rel)
+            wanted = p.files[rel].encode("utf-8")
+            try:
+                with open(dest, "rb") as handle:
+                    current = handle.read()
+            except (IOError, OSError):
+                current = None
+            if current != wanted:
+                p.files_changed.append(rel)
+                p.file_diffs.append(
+                    {
+                        "before_header": dest,
+                        "after_header": dest,
+                        "before": "" if current is None else current.decode("utf-8", "replace"),
+                        "after": p.files[rel],
+                    }
+                )
+
+    def digest_path(self, p):
+        arch = (p.entry or {}).get("arch") or self.arch
+        return os.path.join(self.dkms_tree, p.name, p.version, p.kernel, arch, "log", DIGEST_FILE)
+
+    def recorded_digest(self, p):
+        try:
+            with open(self.digest_path(p)) as handle:
+                return handle.read().strip() or None
+        except (IOError, OSError):
+            return None
+
+    def source_versions(self, p):
+        """Versions of ``p`` with a source folder, registered or not (failed builds).
+
+        A folder counts only if its dkms.conf names this package, so ``foo`` never takes
+        ``foo-bar-1.0`` (package foo-bar) for a version of itself.
+        """
+        found = []
+        prefix = p.name + "-"
+        try:
+            names = os.listdir(self.source_root)
+        except (IOError, OSError):
+            return found
+        for entry in sorted(names):
+            if not entry.startswith(prefix):
+                continue
+            try:
+                with open(os.path.join(self.source_root, entry, "dkms.conf")) as handle:
+                    conf = handle.read()
+            except (IOError, OSError):
+                continue
+            if _package_name(conf) == p.name:
+                found.append(entry[len(prefix) :])
+        return found
+
+    def plan(self, p, entries):
+        p.before = versions_on_kernel(entries, p.name, p.kernel)
+        if p.state == "absent":
+            for version in sorted(p.before):
+                p.steps.append("remove %s" % version)
+                p.planned_removals.append(version)
+                self.planned_depmod.update(kernels_installed(entries, p.name, version))
+            for version in sorted(set(p.before) | {p.version} | set(self.source_versions(p))):
+                path = self.source_dir(p, version)
+                if os.path.lexists(path):
+                    p.stale.append(version)
+                    p.steps.append("delete %s" % path)
+            return
+        self.compare_files(p)
+        if p.files_changed:
+            p.steps.append("sources")
+        current = p.before.get(p.version)
+        p.entry = entry_for(entries, p.name, p.version, p.kernel)
+        p.others = sorted(v for v in p.before if v != p.version)
+        if current == "broken":
+            p.rebuild_reason = "its source folder is gone"
+        elif current in ("built", "installed"):
+            if p.files_changed:
+                p.rebuild_reason = "its sources changed"
+            elif p.entry and p.entry["missing"]:
+                p.rebuild_reason = "dkms reports built modules missing"
+            else:
+                recorded = self.recorded_digest(p)
+                digest = source_digest(p.source_path)
+                if digest is None:
+                    # Never tear down a working module because its sources went missing.
+                    self.warnings.append(
+                        "%s is missing; %s %s stays as it is" % (p.source_path, p.name, p.version)
+                    )
+                elif recorded is None:
+                    # Built outside kmodlab (dkms autoinstall after a kernel upgrade, or by
+                    # hand): take it as it is and record its digest from now on.
+                    p.adopt_digest = True
+                elif recorded != digest:
+                    p.rebuild_reason = "its sources changed since it was built"
+        if p.rebuild_reason:
+            p.steps.append("remove %s" % p.version)
+            current = None
+        if current is None:
+            p.steps.append("add")
+        if current in (None, "added"):
+            p.steps += ["build", "install"]
+        elif current == "built":
+            p.steps.append("install")
+        elif p.entry and p.entry["diff"]:
+            p.repair = True
+            p.steps += ["uninstall", "install"]
+        if p.has("install"):
+            self.planned_depmod.add(p.kernel)
+        for version in p.others:
+            p.steps.append("remove %s" % version)
+            p.planned_removals.append(version)
+            self.planned_depmod.update(kernels_installed(entries, p.name, version))
+        # Source folders of versions that are no longer (or never were) registered, such as
+        # a version whose build failed: dropped once the wanted version is installed.
+        for version in self.source_versions(p):
+            if version != p.version:
+                p.stale.append(version)
+                p.steps.append("delete %s" % self.source_dir(p, version))
+
+    def predict_after(self, p):
+        """Check mode: what dkms status will say once the plan has run."""
+        if p.state == "absent":
+            return {}
+        # A present package ends up installed, the other versions removed.
+        return {p.version: "installed"}
+
+    # -- acting -----------------------------------------------------------------------
+
+    def write_files(self, p):
+        try:
+            for rel in p.files_changed:
+                dest = os.path.join(p.source_path, rel)
+                folder = os.path.dirname(dest)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, 0o755)
+                fd, tmp = tempfile.mkstemp(prefix=".kmodlab-", dir=folder)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(p.files[rel].encode("utf-8"))
+                os.chmod(tmp, 0o644)
+                self.module.atomic_move(tmp, dest)
+        except (IOError, OSError) as exc:
+            p.fail(
+                "sources",
+                "could not write the sources of %s to %s: %s; check that the folder is "
+                "writable (the module needs root)" % (p.name, p.source_path, exc),
+            )
+            return False
+        p.done.append("sources")
+        return True
+
+    def remove_version(self, p, version, entries):
+        rc, out, err = self.dkms("remove", "-m", p.name, "-v", version, "--all", "--no-depmod")
+        if rc != 0:
+            p.fail(
+                "remove",
+                "'dkms remove -m %s -v %s --all' failed: see stderr; remove it by hand "
+                "and re-run" % (p.name, version),
+                rc,
+                out,
+                err,
+            )
+            return False
+        self.depmod_kernels.update(kernels_installed(entries, p.name, version))
+        p.done.append("remove %s" % version)
+        if version != p.version or p.state == "absent":
+            p.removed_versions.append(version)
+        return True
+
+    def source_dir(self, p, version):
+        return os.path.join(self.source_root, "%s-%s" % (p.name, version))
+
+    def delete_source(self, p, version):
+        path = self.source_dir(p, version)
+        if not os.path.lexists(path):
+            return
+        try:
+            if os.path.islink(path) or not os.path.isdir(path):
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        except (IOError, OSError) as exc:
+            self.warnings.append("could not delete %s: %s" % (path, exc))
+            return
+        p.done.append("delete %s" % path)
+
+    def prepare(self, p, entries):
+        """Serial steps before the build: sources, removal for a rebuild, dkms add."""
+        if p.files_changed and not self.write_files(p):
+            return
+        if p.rebuild_reason and not self.remove_version(p, p.version, entries):
+            return
+        if p.has("add"):
+            if not os.path.isfile(os.path.join(p.source_path, "dkms.conf")):
+                p.fail(
+                    "add",
+                    "%s has no dkms.conf: pass it in files or put the package's sources "
+                    "there" % p.source_path,
+                )
+                return
+            rc, out, err = self.dkms("add", "-m", p.name, "-v", p.version)
+            if rc != 0:
+                p.fail(
+                    "add",
+                    "'dkms add -m %s -v %s' failed: check %s/dkms.conf (see stderr)"
+                    % (p.name, p.version, p.source_path),
+                    rc,
+                    out,
+                    err,
+                )
+                return
+            p.added_now = p.before.get(p.version) is None
+            p.done.append("add")
+
+    def build(self, p):
+        """Build one package; runs in a worker thread, touches only its own Package."""
+        try:
+            rc, out, err = self.dkms("build", "-m", p.name, "-v", p.version, "-k", p.kernel)
+        except Exception as exc:  # a thread must not take the module down
+            p.fail("build", "could not run 'dkms build' for %s: %s" % (p.name, exc))
+            return p
+        if rc != 0:
+            log_path = os.path.join(self.dkms_tree, p.name, p.version, "build", "make.log")
+            log_tail = read_tail(log_path, self.log_lines)
+            if log_tail is None:
+                log_path = None
+                log_tail = tail((out or "") + "\n" + (err or ""), self.log_lines)
+            p.fail(
+                "build",
+                "'dkms build -m %s -v %s -k %s' failed (rc=%d): fix the module's sources "
+                "(see log_tail)%s"
+                % (
+                    p.name,
+                    p.version,
+                    p.kernel,
+                    rc,
+                    "; the full log was %s" % log_path if log_path else "",
+                ),
+                rc,
+                out,
+                err,
+                log_tail=log_tail,
+                log_path=log_path,
+            )
+            return p
+        p.done.append("build")
+        self.write_digest(p)
+        return p
+
+    def write_digest(self, p):
+        digest = source_digest(p.source_path)
+        path = self.digest_path(p)
+        if digest is None or not os.path.isdir(os.path.dirname(path)):
+            return
+        try:
+            with open(path, "w") as handle:
+                handle.write(digest + "\n")
+        except (IOError, OSError) as exc:
+            self.warnings.append("could not record the source digest in %s: %s" % (path, exc))
+
+    def install(self, p, entries):
+        """Serial: (uninstall,) install, check, then drop the other versions."""
+        if p.repair:
+            rc, out, err = self.dkms(
+                "uninstall", "-m", p.name, "-v", p.version, "-k", p.kernel, "--no-depmod"
+            )
+            if rc != 0:
+                p.fail(
+                    "uninstall",
+                    "'dkms uninstall' of %s/%s (installed module differs from its build) "
+                    "failed: see stderr" % (p.name, p.version),
+                    rc,
+                    out,
+                    err,
+                )
+                return
+            p.done.append("uninstall")
+            self.depmod_kernels.add(p.kernel)
+        argv = ["install", "-m", p.name, "-v", p.version, "-k", p.kernel, "--no-depmod"]
+        if p.others:
+            # Our manifest decides the version, also when it is a downgrade or the .ko
+            # carries the same MODULE_VERSION: without this dkms may "install" (rc 0)
+            # without copying the module.
+            argv.append("--force-version-override")
+        rc, out, err = self.dkms(*argv)
+        if rc != 0:
+            p.fail(
+                "install",
+                "'dkms %s' failed (rc=%d): see stdout/stderr" % (" ".join(argv), rc),
+                rc,
+                out,
+                err,
+            )
+            return
+        p.done.append("install")
+        self.depmod_kernels.add(p.kernel)
+        _rc, out2, _err = self.dkms("status", "-m", p.name, "-v", p.version, "-k", p.kernel)
+        check, _unparsed = parse_status(out2)
+        entry = entry_for(check, p.name, p.version, p.kernel)
+        if entry is None or entry["status"] not in ("installed", "installed-weak") or entry["diff"]:
+            # dkms refuses to replace a module it finds newer in /lib/modules/KERNEL but
+            # still exits 0; never drop the other versions in that case.
+            p.fail(
+                "install",
+                "'dkms install' of %s/%s exited 0 but dkms status says %r: a module of "
+                "that name elsewhere in /lib/modules/%s probably won dkms's version check "
+                "(see stdout/stderr); remove it, then re-run"
+                % (p.name, p.version, (entry or {}).get("line", out2.strip()), p.kernel),
+                rc,
+                out,
+                err,
+            )
+            return
+        self.drop_others(p, entries)
+
+    def drop_others(self, p, entries):
+        """The wanted version is installed: remove the other versions and their sources."""
+        for version in p.others:
+            if not self.remove_version(p, version, entries):
+                return
+        for version in p.stale:
+            self.delete_source(p, version)
+
+    def cleanup(self, p):
+        """Remove a version this run added but could not build or install."""
+        if not (self.params["cleanup_failed"] and p.added_now and p.failure):
+            return
+        if p.failure["step"] not in ("build", "install"):
+            return
+        rc, _out, err = self.dkms("remove", "-m", p.name, "-v", p.version, "--all", "--no-depmod")
+        if rc == 0:
+            p.reverted = True
+            p.done.append("remove %s (cleanup)" % p.version)
+        else:
+            self.warnings.append(
+                "could not remove the failed %s/%s from DKMS (rc=%d): %s"
+                % (p.name, p.version, rc, err.strip())
+            )
+
+    def signing_key_missing(self):
+        """Whether dkms would generate its signing key on the next build (a race if parallel)."""
+        key = cert = None
+        paths = []
+        for conf in FRAMEWORK_CONFS:
+            if os.path.isdir(conf):
+                paths += sorted(
+                    os.path.join(conf, n) for n in os.listdir(conf) if n.endswith(".conf")
+                )
+            elif os.path.isfile(conf):
+                paths.append(conf)
+        for path in paths:
+            try:
+                with open(path) as handle:
+                    for line in handle:
+                        m = _SIGNING_SETTING.match(line)
+                        if m and m.group(1) == "mok_signing_key":
+                            key = m.group(2)
+                        elif m:
+                            cert = m.group(2)
+            except (IOError, OSError):
+                continue
+        if key is None:
+            ubuntu = False
+            try:
+                with open(OS_RELEASE) as handle:
+                    ubuntu = any(line.strip() == "ID=ubuntu" for line in handle)
+            except (IOError, OSError):
+                pass
+            if ubuntu:
+                key = "/var/lib/shim-signed/mok/MOK.priv"
+                cert = cert or "/var/lib/shim-signed/mok/MOK.der"
+            else:
+                key = os.path.join(self.dkms_tree, "mok.key")
+        if cert is None:
+            cert = os.path.join(self.dkms_tree, "mok.pub")
+        if key.startswith("pkcs11:"):
+            return False
+        return not (os.path.isfile(key) and os.path.isfile(cert))
+
+    def depmod(self):
+        depmod = self.module.get_bin_path("depmod", required=True)
+        for kernel in sorted(self.depmod_kernels):
+            if not os.path.isdir(os.path.join(LIB_MODULES, kernel)):
+                continue
+            argv = [depmod, "-a", kernel]
+            system_map = os.path.join(BOOT, "System.map-%s" % kernel)
+            if os.path.isfile(system_map):
+                argv += ["-F", system_map]
+            rc, out, err = self.run(argv)
+            if rc != 0:
+                # Every package installed for that kernel in this run is unusable until
+                # depmod works: record it on each of them.
+                for p in self.packages:
+                    if p.kernel == kernel and "install" in p.done and not p.failed:
+                        p.fail(
+                            "depmod",
+                            "'%s' failed: %s is installed but modprobe cannot find it until "
+                            "'depmod -a %s' succeeds; fix the error in stderr and re-run"
+                            % (" ".join(argv), p.name, kernel),
+                            rc,
+                            out,
+                            err,
+                        )
+                self.warnings.append("'%s' failed (rc=%d): %s" % (" ".join(argv), rc, err))
+
+    def execute(self, entries):
+        present = [p for p in self.packages if p.state == "present"]
+        for p in self.packages:
+            if (
+                p.state == "absent"
+                and p.steps
+                and all(self.remove_version(p, v, entries) for v in sorted(p.before))
+            ):
+                for version in p.stale:
+                    self.delete_source(p, version)
+        for p in present:
+            if p.steps or p.adopt_digest:
+                self.prepare(p, entries)
+            if p.adopt_digest and not p.failed:
+                self.write_digest(p)
+        to_build = [p for p in present if p.has("build") and not p.failed]
+        installs_only = [p for p in present if p.has("install") and not p.has("build")]
+        for p in installs_only:
+            if not p.failed:
+                self.install(p, entries)
+        for p in present:
+            if not p.has("install") and not p.failed:
+                # Already installed: only leftovers of other versions to drop.
+                self.drop_others(p, entries)
+        if to_build:
+            workers = self.params["jobs"] or os.cpu_count() or 1
+            workers = max(1, min(workers, len(to_build)))
+            queue = list(to_build)
+            if len(queue) > 1 and self.signing_key_missing():
+                first = queue.pop(0)
+                self.build(first)
+                if not first.failed:
+                    self.install(first, entries)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self.build, p) for p in queue]
+                # Install each package as soon as its build is done, one at a time, while
+                # the other builds go on.
+                for future in as_completed(futures):
+                    p = future.result()
+                    if not p.failed:
+                        self.install(p, entries)
+        for p in present:
+            self.cleanup(p)
+        if self.depmod_kernels:
+            self.depmod()
+
+    # -- facts ------------------------------------------------------------------------
+
+    def update_fact(self):
+        path = self.params["fact_path"]
+        if not path:
+            return False
+        current = {}
+        try:
+            with open(path) as handle:
+                current = json.load(handle)
+            if not isinstance(current, dict):
+                current = {}
+        except (IOError, OSError, ValueError):
+            current = {}
+        wanted = dict(current)
+        for p in self.packages:
+            if p.state == "absent":
+                wanted.pop(p.name, None)
+                continue
+            status = p.after.get(p.version, "absent")
+            version = p.version
+            if status != "installed":
+                installed = [v for v, s in sorted(p.after.items()) if s == "installed"]
+                if installed:
+                    version, status = installed[0], "installed"
+            wanted[p.name] = {
+                "version": version,
+                "wanted_version": p.version,
+                "kernel": p.kernel,
+                "status": status,
+                "result": "failed" if p.failed else "ok",
+            }
+        if wanted == current:
+            return False
+        if not self.check_mode:
+            try:
+                folder = os.path.dirname(path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, 0o755)
+                fd, tmp = tempfile.mkstemp(prefix=".kmodlab-", dir=folder)
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(wanted, handle, indent=2, sort_keys=True)
+                    handle.write("\n")
+                os.chmod(tmp, 0o644)
+                self.module.atomic_move(tmp, path)
+            except (IOError, OSError) as exc:
+                self.warnings.append("could not write the local fact %s: %s" % (path, exc))
+                return False
+        return True
+
+    # -- the whole run ----------------------------------------------------------------
+
+    def main(self):
+        self.validate()
+        if self.dkms_bin is None:
+            if not self.check_mode:
+                self.module.fail_json(
+                    msg="dkms is not installed on this host: run the kernel_headers role first "
+                    "(it installs dkms, the compiler and the headers), or install dkms",
+                    kernel=self.kernel,
+                )
+            self.warnings.append("dkms is not installed; assuming no package is registered")
+        entries = self.read_status()
+        for p in self.packages:
+            self.plan(p, entries)
+        needs_build = [p.name for p in self.packages if p.has("build")]
+        headers = os.path.join(LIB_MODULES, self.kernel, "build")
+        if needs_build and not os.path.isdir(headers):
+            msg = (
+                "no kernel headers for %s (%s is missing), needed to build %s: run the "
+                "kernel_headers role or install the headers package for that kernel"
+                % (self.kernel, headers, ", ".join(needs_build))
+            )
+            if not self.check_mode:
+                self.module.fail_json(msg=msg, kernel=self.kernel)
+            self.warnings.append(msg)
+        before_lines = {p.name: status_lines(entries, p.name) for p in self.packages}
+        if self.check_mode:
+            after_entries = None
+            for p in self.packages:
+                p.after = self.predict_after(p)
+        else:
+            self.execute(entries)
+            after_entries = self.read_status()
+            for p in self.packages:
+                p.after = versions_on_kernel(after_entries, p.name, p.kernel)
+        fact_changed = self.update_fact()
+        results = [p.result(self.check_mode) for p in self.packages]
+        changed = any(r["changed"] for r in results) or fact_changed
+        out = {
+            "changed": changed,
+            "kernel": self.kernel,
+            "packages": results,
+            "failed_packages": [p.name for p in self.packages if p.failed],
+            "depmod": sorted(self.planned_depmod if self.check_mode else self.depmod_kernels),
+            "fact_changed": fact_changed,
+            "status_unparsed": self.unparsed,
+        }
+        if self.module._diff:
+            out["diff"] = self.diff(before_lines, after_entries)
+        for warning in self.warnings:
+            self.module.warn(warning)
+        if out["failed_packages"]:
+            details = "; ".join(
+                "%s %s: %s failed" % (p.name, p.version, p.failure["step"])
+                for p in self.packages
+                if p.failed
+            )
+            out["msg"] = (
+                "DKMS failed for %d of %d package(s): %s. The other packages were handled; "
+                "see packages[].msg and packages[].log_tail"
+                % (len(out["failed_packages"]), len(self.packages), details)
+            )
+            self.module.fail_json(**out)
+        self.module.exit_json(**out)
+
+    def diff(self, before_lines, after_entries):
+        diffs = []
+        for p in self.packages:
+            if not p.changed(self.check_mode):
+                continue
+            if after_entries is None:
+                after = [
+                    "%s/%s, %s, %s: %s" % (p.name, v, p.kernel, self.arch, s)
+                    if s != "added"
+                    else "%s/%s: added" % (p.name, v)
+                    for v, s in sorted(p.after.items())
+                ]
+            else:
+                after = status_lines(after_entries, p.name)
+            diffs.append(
+                {
+                    "before_header": "dkms status (%s)" % p.name,
+                    "after_header": "dkms status (%s)" % p.name,
+                    "before": "".join(line + "\n" for line in before_lines[p.name]),
+                    "after": "".join(line + "\n" for line in after),
+                }
+            )
+            diffs.extend(p.file_diffs)
+        return diffs
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    Dkms(module).main()
+
+
+if __name__ == "__main__":
+    main()

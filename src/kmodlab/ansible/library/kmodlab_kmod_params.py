@@ -1,0 +1,396 @@
+#!/usr/bin/python
+# GPL-2.0-only
+"""Read-only probe of kernel modules: live parameters versus wanted ones, and a plan."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kmodlab_kmod_params
+short_description: Compare the live parameters of kernel modules with the wanted ones
+description:
+  - Reads, for a list of modules in one call, whether each is loaded, its live
+    parameters under C(/sys/module/KMOD/parameters), its reference count and holders,
+    the files that configure it, the record of the last successful load in the local
+    fact, and the installed module's C(srcversion).
+  - Normalises the wanted parameters to what the kernel shows (bool C(Y)/C(N), arrays
+    C(1,2,3), integers in decimal, charp as the string) and lists the mismatches.
+  - Plans what to do with each module (C(load), C(reload), C(unload) or C(none)),
+    with the reasons, and the order to unload and load in. A module is reloaded only
+    when a live value differs, when a parameter that sysfs cannot show changed since
+    the last load, or when the installed module changed. Modules that use a reloaded
+    module are reloaded with it.
+  - Reports fixed major numbers that another driver holds in C(/proc/devices), and
+    unloads that cannot happen because the module is in use.
+  - With O(kernel_log_since), also returns the kernel's messages about each module
+    since that point, the parameters the kernel refused or ignored, and the load and
+    unload message patterns of the manifest that did not appear.
+  - Never changes anything (C(changed) is always false).
+  - Runs on the target; needs root to read C(/dev/kmsg) and parameters of mode 0600.
+author:
+  - kmodlab
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs normally in check mode.
+  diff_mode:
+    support: none
+options:
+  modules:
+    description:
+      - Resolved records of the C(kmodlab_modules) lookup, in load order. The keys
+        used are C(name), C(kmod), C(state), C(params), C(manifest.parameters),
+        C(manifest.depends), C(manifest.expect.proc_devices) and C(manifest.expect.dmesg).
+      - An optional key C(files) maps a path to the content it should have, or to
+        null when the file should not exist; the probe reports which differ.
+    type: list
+    elements: dict
+    required: true
+  fact_path:
+    description:
+      - Local fact file holding the last successful load (JSON, key C(modules)).
+    type: path
+    default: /etc/ansible/facts.d/kmodlab_kmod_load.fact
+  kernel_log_since:
+    description:
+      - Sequence number of C(/dev/kmsg) (from an earlier call's RV(kernel_log_cursor)).
+        When set, each module gets RV(modules[].kernel_log), RV(modules[].param_errors)
+        and RV(modules[].messages_missing) for the messages since then.
+    type: int
+  root:
+    description:
+      - Directory under which C(/sys), C(/proc), C(/dev/kmsg) and C(/etc) are read.
+        Only for tests and chroots.
+    type: path
+    default: /
+notes:
+  - C(community.general.modprobe) does not compare the parameters of a module that is
+    already loaded; this module does, so that a role reloads only what differs.
+"""
+
+EXAMPLES = r"""
+- name: Probe the selected modules
+  kmodlab_kmod_params:
+    modules: "{{ __kmod_load_probe_input }}"
+  register: __kmod_load_probe
+
+- name: Read what the kernel said about hello-5 since the probe
+  kmodlab_kmod_params:
+    modules: "{{ __kmod_load_resolved | selectattr('name', 'equalto', 'hello-5') }}"
+    kernel_log_since: "{{ __kmod_load_probe.kernel_log_cursor }}"
+  register: __kmod_load_check
+"""
+
+RETURN = r"""
+modules:
+  description: One entry per input module, in input order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Manifest name., type: str}
+    kmod: {description: Name the kernel uses., type: str}
+    state: {description: Wanted state (present, absent, config)., type: str}
+    loaded: {description: Whether /sys/module/KMOD/initstate exists., type: bool}
+    initstate: {description: Content of initstate (live, coming, going) or null., type: str}
+    refcount: {description: Content of refcnt, or null when not loaded., type: int}
+    holders: {description: Modules using this one (/sys/module/KMOD/holders)., type: list}
+    live: {description: Visible declared parameters as sysfs shows them., type: dict}
+    wanted: {description: Wanted parameters normalised to sysfs text., type: dict}
+    mismatches:
+      description: Visible wanted parameters whose live value differs (loaded only).
+      type: list
+      elements: dict
+    missing: {description: Visible declared parameters without a sysfs file., type: list}
+    unreadable: {description: Parameter files that could not be read., type: list}
+    params_args: {description: Wanted parameters as a shell-quoted modprobe string., type: str}
+    action: {description: load, reload, unload or none., type: str}
+    reasons: {description: Why the action is needed., type: list}
+    recorded: {description: This module's entry of the local fact, or null., type: dict}
+    previous:
+      description: What the module runs with now (loaded, params, params_args), to
+        load it again if loading the wanted parameters fails.
+      type: dict
+    files:
+      description: Per path given in C(files) - exists, content, wanted (whether it
+        should exist) and changed.
+      type: dict
+    files_changed: {description: Paths whose content differs from the wanted one., type: list}
+    installed: {description: srcversion and version of the installed module file., type: dict}
+    kernel_log:
+      description: Kernel messages naming the module since O(kernel_log_since) (last 20).
+      returned: when O(kernel_log_since) is set
+      type: list
+    param_errors:
+      description: Parameters the kernel refused or ignored (param, value, message).
+      returned: when O(kernel_log_since) is set
+      type: list
+    messages_missing:
+      description: Manifest dmesg patterns (load, unload) not seen since the cursor.
+      returned: when O(kernel_log_since) is set
+      type: dict
+load:
+  description: Modules to load or reload, in load order.
+  returned: always
+  type: list
+  elements: str
+unload:
+  description: Modules to unload (reloads and absent ones), in reverse load order.
+  returned: always
+  type: list
+  elements: str
+blocked:
+  description: Unloads that cannot happen (module in use), as messages.
+  returned: always
+  type: list
+  elements: str
+conflicts:
+  description: Fixed majors taken by another driver in /proc/devices, as messages.
+  returned: always
+  type: list
+  elements: str
+kernel_log_cursor:
+  description: Sequence number of the newest /dev/kmsg record, or null when unreadable.
+  returned: always
+  type: int
+kernel_log_source:
+  description: Where kernel messages came from (kmsg, dmesg or none).
+  returned: always
+  type: str
+fact:
+  description: The local fact file (path, exists, content, data).
+  returned: always
+  type: dict
+kernel_release:
+  description: Release of the running kernel.
+  returned: always
+  type: str
+"""
+
+import json
+import platform
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kmodlab_kmod import (
+    ParamError,
+    args_from_texts,
+    args_string,
+    declarations,
+    host_path,
+    major_params,
+    mention_regex,
+    missing_patterns,
+    module_state,
+    normalise,
+    param_errors,
+    parse_proc_devices,
+    plan,
+    previous_params,
+    read_kmsg,
+    read_text,
+    visible,
+)
+
+ARGUMENT_SPEC = dict(
+    modules=dict(type="list", elements="dict", required=True),
+    fact_path=dict(type="path", default="/etc/ansible/facts.d/kmodlab_kmod_load.fact"),
+    kernel_log_since=dict(type="int"),
+    root=dict(type="path", default="/"),
+)
+
+KERNEL_LOG_LINES = 20
+
+
+def _installed(module, root, kmod):
+    """srcversion and version of the module file modprobe would load."""
+    modinfo = module.get_bin_path("modinfo")
+    if not modinfo:
+        return {}
+    cmd = [modinfo]
+    if root != "/":
+        cmd += ["-b", root]
+    rc, out, _ = module.run_command([*cmd, kmod])
+    if rc != 0:
+        return {}
+    info = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("srcversion", "version", "filename"):
+            info[key.strip()] = value.strip()
+    return info
+
+
+def _kernel_log(module, root):
+    """(records [(seq|None, message)], source)."""
+    records = read_kmsg(host_path(root, "/dev/kmsg"))
+    if records is not None:
+        return records, "kmsg"
+    if root != "/":
+        return [], "none"
+    dmesg = module.get_bin_path("dmesg")
+    if not dmesg:
+        return [], "none"
+    rc, out, _ = module.run_command([dmesg, "--notime"])
+    if rc != 0:
+        return [], "none"
+    return [(None, line) for line in out.splitlines()], "dmesg"
+
+
+def _fact(root, path):
+    content = read_text(host_path(root, path))
+    data = None
+    if content is not None:
+        try:
+            data = json.loads(content)
+        except ValueError:
+            data = None
+    return {"path": path, "exists": content is not None, "content": content, "data": data}
+
+
+def _check_record(module, rec, index):
+    for key in ("name", "kmod", "state"):
+        if key not in rec:
+            module.fail_json(
+                msg="modules[%d] lacks %r; pass records of the kmodlab_modules lookup"
+                % (index, key)
+            )
+    if rec["state"] not in ("present", "absent", "config"):
+        module.fail_json(
+            msg="%s: state %r is not present, absent or config" % (rec["name"], rec["state"])
+        )
+
+
+def run(module):
+    params = module.params
+    root = params["root"]
+    records = params["modules"]
+    for index, rec in enumerate(records):
+        _check_record(module, rec, index)
+
+    fact = _fact(root, params["fact_path"])
+    recorded_all = {}
+    if isinstance(fact["data"], dict) and isinstance(fact["data"].get("modules"), dict):
+        recorded_all = fact["data"]["modules"]
+
+    states = {}
+    wanted = {}
+    files = {}
+    installed = {}
+    errors = []
+    for rec in records:
+        decls = declarations(rec)
+        try:
+            wanted[rec["name"]] = normalise(decls, rec.get("params"))
+            args_string(decls, rec.get("params"))
+        except ParamError as exc:
+            errors.append("%s: %s" % (rec["name"], exc))
+            continue
+        states[rec["name"]] = module_state(root, rec["kmod"], decls)
+        entry = {}
+        for path, content in sorted((rec.get("files") or {}).items()):
+            current = read_text(host_path(root, path))
+            entry[path] = {
+                "exists": current is not None,
+                "content": current,
+                "wanted": content is not None,
+                "changed": current != content,
+            }
+        files[rec["name"]] = entry
+        if rec["state"] == "present" and states[rec["name"]]["loaded"]:
+            installed[rec["name"]] = _installed(module, root, rec["kmod"])
+    if errors:
+        module.fail_json(msg="; ".join(errors), errors=errors)
+
+    proc_devices = parse_proc_devices(read_text(host_path(root, "/proc/devices")))
+    options_changed = {
+        name: {
+            "options_changed": any(
+                f["changed"] for p, f in entry.items() if p.startswith("/etc/modprobe.d/")
+            )
+        }
+        for name, entry in files.items()
+    }
+    decision = plan(records, states, recorded_all, options_changed, installed, proc_devices)
+
+    log, source = _kernel_log(module, root)
+    seqs = [seq for seq, _ in log if seq is not None]
+    cursor = seqs[-1] if seqs else None
+    since = params["kernel_log_since"]
+    recent = []
+    if since is not None:
+        recent = [msg for seq, msg in log if seq is None or seq > since]
+
+    out = []
+    for rec in records:
+        name = rec["name"]
+        decls = declarations(rec)
+        st = states[name]
+        majors = major_params(rec)
+        mismatches = []
+        if st["loaded"]:
+            for pname, text in wanted[name].items():
+                if not visible(decls[pname]) or (pname in majors and text == "0"):
+                    continue
+                live = st["live"].get(pname)
+                if live is not None and live != text:
+                    mismatches.append({"param": pname, "wanted": text, "live": live})
+        recorded = recorded_all.get(name)
+        before = previous_params(rec, st, recorded)
+        item = {
+            "name": name,
+            "kmod": rec["kmod"],
+            "state": rec["state"],
+            "loaded": st["loaded"],
+            "initstate": st["initstate"],
+            "refcount": st["refcount"],
+            "holders": st["holders"],
+            "live": st["live"],
+            "wanted": wanted[name],
+            "mismatches": mismatches,
+            "missing": st["missing"] if st["loaded"] else [],
+            "unreadable": st["unreadable"],
+            "params_args": args_string(decls, rec.get("params")),
+            "action": decision["actions"][name],
+            "reasons": decision["reasons"][name],
+            "recorded": recorded,
+            "previous": {
+                "loaded": st["loaded"],
+                "params": before,
+                "params_args": args_from_texts(before),
+            },
+            "files": files[name],
+            "files_changed": [p for p, f in files[name].items() if f["changed"]],
+            "installed": installed.get(name, {}),
+        }
+        if since is not None:
+            regex = mention_regex(rec)
+            mentioning = [line for line in recent if regex.search(line)]
+            dmesg = ((rec.get("manifest") or {}).get("expect") or {}).get("dmesg") or {}
+            item["kernel_log"] = mentioning[-KERNEL_LOG_LINES:]
+            item["param_errors"] = param_errors(mentioning)
+            item["messages_missing"] = {
+                "load": missing_patterns(dmesg.get("load"), recent),
+                "unload": missing_patterns(dmesg.get("unload"), recent),
+            }
+        out.append(item)
+
+    return {
+        "changed": False,
+        "modules": out,
+        "load": decision["load"],
+        "unload": decision["unload"],
+        "blocked": decision["blocked"],
+        "conflicts": decision["conflicts"],
+        "kernel_log_cursor": cursor,
+        "kernel_log_source": source,
+        "fact": fact,
+        "kernel_release": platform.release(),
+    }
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module.exit_json(**run(module))
+
+
+if __name__ == "__main__":
+    main()

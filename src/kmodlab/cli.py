@@ -1,0 +1,266 @@
+"""The ``kmodlab`` command: images, lab VMs, inventory, reports."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmodlab.lab import image as image_mod
+from kmodlab.lab import inventory as inventory_mod
+from kmodlab.lab import paths
+from kmodlab.lab import vms as vms_mod
+from kmodlab.lab.errors import LabError
+
+app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+image_app = typer.Typer(no_args_is_help=True, help="Build and list guest images.")
+vm_app = typer.Typer(no_args_is_help=True, help="Lab VMs: QEMU guests running Debian's kernel.")
+app.add_typer(image_app, name="image")
+app.add_typer(vm_app, name="vm")
+
+console = Console(stderr=True)
+out = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clean_errors(func: F) -> F:
+    """Turn LabError into one red line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LabError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(start: float) -> Callable[[str], None]:
+    def show(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {message}", highlight=False)
+
+    return show
+
+
+Profile = Annotated[str, typer.Option("--profile", "-p", help="lab (with build tools) or bare")]
+Release = Annotated[str, typer.Option("--release", help="Debian release")]
+
+
+@image_app.command("build")
+@clean_errors
+def image_build(
+    profile: Profile = "lab",
+    release: Release = "bookworm",
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
+) -> None:
+    """Build (or reuse) the Debian guest image for a profile, as root."""
+    recipe = image_mod.Recipe.for_profile(profile, release)
+    img = image_mod.build(recipe, force=force, progress=_progress(time.monotonic()))
+    out.print(str(img.path))
+
+
+@image_app.command("list")
+@clean_errors
+def image_list() -> None:
+    """Images in the cache, and whether they match the current recipes."""
+    current = {image_mod.Recipe.for_profile(p).name for p in image_mod.PROFILES}
+    table = Table("image", "profile", "kernel", "current", "size", "built")
+    for meta_path in sorted(image_mod.images_dir().glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        qcow = meta_path.with_suffix(".qcow2")
+        size = f"{qcow.stat().st_size / 2**20:.0f} MiB" if qcow.exists() else "missing"
+        table.add_row(
+            meta["name"],
+            meta["profile"],
+            meta["kernel_release"],
+            "yes" if meta["name"] in current else "no",
+            size,
+            meta["built_at"],
+        )
+    out.print(table)
+
+
+LabOpt = Annotated[
+    Path | None,
+    typer.Option("--lab-dir", envvar="KMODLAB_LAB_DIR", help="lab state directory"),
+]
+Names = Annotated[list[str] | None, typer.Argument(help="VM names (default: all)")]
+
+
+def _lab(lab_dir: Path | None) -> vms_mod.Lab:
+    return vms_mod.Lab(lab_dir or paths.lab_dir())
+
+
+@vm_app.command("up")
+@clean_errors
+def vm_up(
+    names: Annotated[list[str] | None, typer.Argument(help="VM names (default: lab1, ...)")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=8)] = 1,
+    profile: Profile = "lab",
+    secure_boot: Annotated[bool, typer.Option("--secure-boot", help="OVMF Secure Boot")] = False,
+    enroll_key: Annotated[
+        list[Path] | None,
+        typer.Option("--enroll-key", help="DER/PEM certificate to add to MokList (repeatable)"),
+    ] = None,
+    memory: Annotated[int, typer.Option("--memory", min=512, help="MiB")] = 2048,
+    cpus: Annotated[int, typer.Option("--cpus", min=1, max=16)] = 2,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Boot VMs (copy-on-write overlays of the image) and wait until SSH answers."""
+    lab = _lab(lab_dir)
+    if profile not in image_mod.PROFILES:
+        choices = ", ".join(image_mod.PROFILES)
+        raise LabError(f"unknown profile {profile!r}: choose one of {choices}")
+    if not names:
+        names = vms_mod.next_names(set(lab.load()), count)
+    req = vms_mod.UpRequest(
+        names=names,
+        profile=profile,
+        secure_boot=secure_boot,
+        memory=memory,
+        cpus=cpus,
+        enroll_keys=list(enroll_key or []),
+    )
+    vms_mod.up(lab, req, progress=_progress(time.monotonic()))
+    path = inventory_mod.write(lab)
+    console.print(f"inventory: {path}")
+
+
+@vm_app.command("down")
+@clean_errors
+def vm_down(names: Names = None, lab_dir: LabOpt = None) -> None:
+    """Stop VMs started by this lab (by PID); disks and variable stores are kept."""
+    lab = _lab(lab_dir)
+    vms_mod.down(lab, names or [], progress=console.print)
+    inventory_mod.write(lab)
+
+
+@vm_app.command("destroy")
+@clean_errors
+def vm_destroy(names: Names = None, lab_dir: LabOpt = None) -> None:
+    """Stop VMs and delete their overlays and UEFI variable stores."""
+    lab = _lab(lab_dir)
+    vms_mod.destroy(lab, names or [], progress=console.print)
+    inventory_mod.write(lab)
+
+
+@vm_app.command("status")
+@clean_errors
+def vm_status(
+    names: Names = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Name, state, SSH port, Secure Boot, kernel, uptime and enrolled keys of each VM."""
+    lab = _lab(lab_dir)
+    vms = vms_mod.select(lab, lab.load(), names or [])
+    rows = []
+    for vm in vms:
+        alive = vms_mod.process_alive(vm, lab)
+        facts = vms_mod.guest_facts(lab, vm) if alive else {}
+        rows.append(
+            {
+                "name": vm.name,
+                "state": "running" if alive else ("failed" if vm.state == "failed" else "stopped"),
+                "ssh_port": vm.ssh_port,
+                "profile": vm.profile,
+                "secure_boot": facts.get("secure_boot", "on" if vm.secure_boot else "off"),
+                "kernel": facts.get("kernel", vm.kernel),
+                "uptime_s": float(facts["uptime"]) if "uptime" in facts else None,
+                "accel": vm.accel,
+                "pid": vm.pid if alive else None,
+                "enrolled_keys": vm.enrolled_keys,
+            }
+        )
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "state", "ssh", "profile", "secure boot", "kernel", "uptime", "keys")
+    for r in rows:
+        up_s = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
+        keys = ", ".join(Path(k).name for k in r["enrolled_keys"]) or "-"
+        table.add_row(
+            r["name"], r["state"], str(r["ssh_port"]), r["profile"], r["secure_boot"],
+            r["kernel"], up_s, keys,
+        )
+    out.print(table)
+
+
+def _ssh(name: str | None, command: list[str] | None, lab_dir: Path | None) -> None:
+    lab = _lab(lab_dir)
+    vm = vms_mod.require_running(lab, name)
+    args = lab.ssh_args(vm, batch=bool(command))
+    if not command:
+        args.insert(1, "-t")
+    sys.stdout.flush()
+    os.execvp(args[0], [*args, *(command or [])])
+
+
+@vm_app.command("ssh", context_settings={"allow_extra_args": True})
+@clean_errors
+def vm_ssh(
+    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
+    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Log in to a VM (or run a command there) with the lab's key."""
+    _ssh(name, command, lab_dir)
+
+
+@app.command("ssh")
+@clean_errors
+def ssh(
+    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
+    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Same as `kmodlab vm ssh`."""
+    _ssh(name, command, lab_dir)
+
+
+@vm_app.command("console")
+@clean_errors
+def vm_console(
+    name: Annotated[str | None, typer.Argument()] = None,
+    log: Annotated[bool, typer.Option("--log", help="print the console log and exit")] = False,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Attach to a VM's serial console (Ctrl-] to leave), or print its log."""
+    lab = _lab(lab_dir)
+    if log:
+        vms = lab.load()
+        if not name or name not in vms:
+            raise LabError(f"no such VM: {name}")
+        out.print(vms_mod.console_tail(vms[name], lab, lines=10_000), highlight=False)
+        return
+    vm = vms_mod.require_running(lab, name)
+    from kmodlab.lab.console import attach
+
+    attach(vm.spec(lab).console_sock)
+
+
+@app.command("inventory")
+@clean_errors
+def inventory(lab_dir: LabOpt = None) -> None:
+    """Write the Ansible inventory of the running VMs and print its path."""
+    out.print(str(inventory_mod.write(_lab(lab_dir))))
+
+
+def main() -> None:  # pragma: no cover - console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
