@@ -191,8 +191,14 @@ def vm_status(
         up_s = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
         keys = ", ".join(Path(k).name for k in r["enrolled_keys"]) or "-"
         table.add_row(
-            r["name"], r["state"], str(r["ssh_port"]), r["profile"], r["secure_boot"],
-            r["kernel"], up_s, keys,
+            r["name"],
+            r["state"],
+            str(r["ssh_port"]),
+            r["profile"],
+            r["secure_boot"],
+            r["kernel"],
+            up_s,
+            keys,
         )
     out.print(table)
 
@@ -263,4 +269,3 @@ def main() -> None:  # pragma: no cover - console script
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -142,6 +144,10 @@ def _kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def _kvm_rdev() -> int:
+    return os.stat("/dev/kvm").st_rdev
+
+
 def _qemu_version() -> str:
     out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
@@ -196,7 +202,7 @@ def choose_accel(kernel: Path, cache: Path) -> tuple[str, str]:
     require_tools(QEMU)
     if not _kvm_usable():
         return "tcg", "/dev/kvm is not available"
-    key = {"qemu": _qemu_version(), "kernel": kernel.name, "kvm": os.stat("/dev/kvm").st_rdev}
+    key = {"qemu": _qemu_version(), "kernel": kernel.name, "kvm": _kvm_rdev()}
     cache_file = cache / "accel.json"
     if cache_file.is_file():
         cached = json.loads(cache_file.read_text())
@@ -224,12 +230,12 @@ def create_vars(secure_boot: bool, dest: Path, mok_certs: list[Path]) -> None:
     if not mok_certs:
         shutil.copyfile(fw.vars_template, dest)
         return
-    tool = shutil.which("virt-fw-vars")
-    if tool is None:
-        raise LabError("virt-fw-vars not found: install the virt-firmware Python package")
+    if importlib.util.find_spec("virt.firmware") is None:
+        raise LabError("virt-fw-vars not found: `pip install virt-firmware` (a kmodlab dependency)")
     # Owner GUID of the MokList entries: shim's own vendor GUID.
     owner = "605dab50-e046-4300-abb6-3dd810dd8b23"
-    args = [tool, "--input", str(fw.vars_template), "--output", str(dest)]
+    tool = [sys.executable, "-m", "virt.firmware.vars"]
+    args = [*tool, "--input", str(fw.vars_template), "--output", str(dest)]
     for cert in mok_certs:
         args += ["--add-mok", owner, str(cert)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
