@@ -191,13 +191,18 @@ def _stop_pid(vm: Vm, lab: Lab, graceful: float = 20.0) -> None:
     pid = vm.pid
     assert pid is not None
     qmp = vm.run_dir(lab) / "qmp.sock"
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(qmp))
-        s.recv(4096)
-        s.sendall(b'{"execute":"qmp_capabilities"}\n')
-        s.recv(4096)
-        s.sendall(b'{"execute":"system_powerdown"}\n')
+    powered_down = False
+    if graceful > 0:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(qmp))
+            s.recv(4096)
+            s.sendall(b'{"execute":"qmp_capabilities"}\n')
+            s.recv(4096)
+            s.sendall(b'{"execute":"system_powerdown"}\n')
+            powered_down = True
+    if not powered_down:
+        graceful = 0
     for sig, wait in ((None, graceful), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         if sig is not None and process_alive(vm, lab):
             with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,187 @@
+"""Lab state, inventory rendering and CLI errors (no VM)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kmodlab.cli import app
+from kmodlab.lab import inventory, vms
+from kmodlab.lab.errors import LabError
+
+
+def make_vm(name: str = "lab1", port: int = 40022, **kw: object) -> vms.Vm:
+    base = {
+        "name": name,
+        "profile": "lab",
+        "image": "/cache/x.qcow2",
+        "kernel": "6.1.0-56-amd64",
+        "ssh_port": port,
+        "memory": 2048,
+        "cpus": 2,
+        "secure_boot": False,
+    }
+    base.update(kw)
+    return vms.Vm(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> vms.Lab:
+    return vms.Lab(tmp_path / "lab")
+
+
+def test_state_round_trip(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm(enrolled_keys=["/k/test.der"])
+    loaded = lab.load()
+    assert loaded["lab1"].enrolled_keys == ["/k/test.der"]
+    assert loaded["lab1"].ssh_port == 40022
+
+
+def test_state_not_saved_on_error(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm()
+    with pytest.raises(RuntimeError), lab.locked() as state:
+        state["lab2"] = make_vm("lab2")
+        raise RuntimeError
+    assert set(lab.load()) == {"lab1"}
+
+
+def test_process_alive_rejects_foreign_pid(lab: vms.Lab) -> None:
+    """A recorded PID that now belongs to another process is not our VM."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        vm = make_vm(pid=proc.pid)
+        assert not vms.process_alive(vm, lab)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not vms.process_alive(make_vm(pid=None), lab)
+
+
+def test_process_alive_accepts_our_qemu(lab: vms.Lab) -> None:
+    vm = make_vm()
+    disk = vm.run_dir(lab) / "disk.qcow2"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"file={disk}"])
+    try:
+        vm.pid = proc.pid
+        deadline = time.monotonic() + 10  # until the child has exec'd
+        while not vms.process_alive(vm, lab) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vms.process_alive(vm, lab)
+        with lab.locked() as state:
+            state["lab1"] = vm
+        stopped = vms.down(lab, [], progress=lambda m: None)
+        assert stopped == ["lab1"]
+        assert proc.poll() is not None
+        assert lab.load()["lab1"].state == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_down_and_destroy_only_touch_named(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm()
+        state["lab2"] = make_vm("lab2", 40023)
+    for name in ("lab1", "lab2"):
+        (lab.path / "vms" / name).mkdir(parents=True)
+    vms.destroy(lab, ["lab1"], progress=lambda m: None)
+    assert set(lab.load()) == {"lab2"}
+    assert not (lab.path / "vms/lab1").exists()
+    assert (lab.path / "vms/lab2").exists()
+    with pytest.raises(LabError, match="no such VM: nope"):
+        vms.down(lab, ["nope"])
+
+
+def test_next_names_and_free_port() -> None:
+    assert vms.next_names({"lab1", "lab3"}, 3) == ["lab2", "lab4", "lab5"]
+    port = vms.free_port(set())
+    assert 1024 < port < 65536
+
+
+def test_up_rejects_bad_input_before_starting_anything(lab: vms.Lab, tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="invalid VM name"):
+        vms.up(lab, vms.UpRequest(names=["Bad_Name"]))
+    with pytest.raises(LabError, match="given twice"):
+        vms.up(lab, vms.UpRequest(names=["a", "a"]))
+    with pytest.raises(LabError, match="no such file"):
+        vms.up(lab, vms.UpRequest(names=["a"], secure_boot=True, enroll_keys=[tmp_path / "x"]))
+    cert = tmp_path / "c.der"
+    cert.write_bytes(b"x")
+    with pytest.raises(LabError, match="needs --secure-boot"):
+        vms.up(lab, vms.UpRequest(names=["a"], enroll_keys=[cert]))
+    assert not (lab.path / "vms").exists()
+
+
+def test_inventory_lists_running_vms(lab: vms.Lab) -> None:
+    plain = make_vm()
+    sb = make_vm("sb1", 40023, secure_boot=True)
+    data = inventory.build(lab, [sb, plain])
+    hosts = data["all"]["children"]["lab"]["hosts"]
+    assert list(hosts) == ["lab1", "sb1"]
+    h = hosts["lab1"]
+    assert h["ansible_host"] == "127.0.0.1"
+    assert h["ansible_port"] == 40022
+    assert h["ansible_user"] == "kmodlab"
+    assert h["ansible_ssh_private_key_file"] == str(lab.key)
+    assert h["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert data["all"]["children"]["secure_boot"]["hosts"] == {"sb1": {}}
+    path = inventory.write(lab, [plain])
+    assert yaml.safe_load(path.read_text())["all"]["children"]["lab"]["hosts"]["lab1"]
+    assert "secure_boot" not in yaml.safe_load(path.read_text())["all"]["children"]
+
+
+def test_inventory_empty_when_nothing_runs(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm(pid=None)
+    assert inventory.build(lab)["all"]["children"]["lab"]["hosts"] == {}
+
+
+runner = CliRunner()
+
+
+def test_cli_ssh_to_stopped_vm_is_exit_2(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm()
+    result = runner.invoke(app, ["ssh", "lab1", "--lab-dir", str(lab.path)])
+    assert result.exit_code == 2
+    assert "not running" in result.output
+    result = runner.invoke(app, ["vm", "ssh", "ghost", "--lab-dir", str(lab.path)])
+    assert result.exit_code == 2
+    assert "no such VM: ghost" in result.output
+
+
+def test_cli_unknown_profile_is_exit_2(lab: vms.Lab) -> None:
+    result = runner.invoke(app, ["vm", "up", "x1", "--profile", "fat", "--lab-dir", str(lab.path)])
+    assert result.exit_code == 2
+    assert "unknown profile 'fat'" in result.output
+    assert not (lab.path / "vms").exists()
+
+
+def test_cli_name_in_use_is_exit_2(lab: vms.Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm(pid=1)
+    monkeypatch.setattr(vms, "process_alive", lambda vm, lab: True)
+    monkeypatch.setattr(vms, "require_tools", lambda *a: None)
+    monkeypatch.setattr(vms.qemu, "firmware", lambda sb: None)
+    monkeypatch.setattr(vms.Lab, "ensure_key", lambda self: None)
+    result = runner.invoke(app, ["vm", "up", "lab1", "--lab-dir", str(lab.path)])
+    assert result.exit_code == 2
+    assert "already running" in result.output
+
+
+def test_cli_status_json(lab: vms.Lab) -> None:
+    with lab.locked() as state:
+        state["lab1"] = make_vm(enrolled_keys=["/k/test.der"])
+    result = runner.invoke(app, ["vm", "status", "--json", "--lab-dir", str(lab.path)])
+    assert result.exit_code == 0, result.output
+    assert '"state": "stopped"' in result.output
+    assert "/k/test.der" in result.output
