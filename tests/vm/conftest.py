@@ -1,0 +1,121 @@
+"""VM tier: real Debian 12 guests under QEMU, booted once per session and shared.
+
+Two VMs at most at a time on a 2-core machine: ``plain`` (lab profile, plain UEFI) and
+``sb`` (bare profile, Secure Boot with a throwaway MOK enrolled through the variable
+store). Both boot in parallel. Run with ``pytest -m vm``; needs root (image build).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vmhelpers import PLAIN, SB, Guest
+
+from kmodlab.lab import image, inventory, vms
+from kmodlab.lab.paths import lab_dir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+@pytest.fixture(scope="session")
+def test_lab() -> vms.Lab:
+    """The VM tier's own lab (never the user's default lab)."""
+    path = Path(os.environ.get("KMODLAB_TEST_LAB_DIR", str(lab_dir("test"))))
+    return vms.Lab(path)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, image.Image]:
+    built = {}
+    for profile in ("lab", "bare"):
+        built[profile] = image.build(image.Recipe.for_profile(profile), progress=print)
+    return built
+
+
+@pytest.fixture(scope="session")
+def mok_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway signing certificate (DER) and key, made for this session only."""
+    d = tmp_path_factory.mktemp("mok")
+    key, cert = d / "test.key", d / "test.der"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-outform",
+            "DER",
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kmodlab throwaway test key/",
+            "-addext",
+            "extendedKeyUsage=codeSigning",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def guests(
+    test_lab: vms.Lab, images: dict[str, image.Image], mok_cert: tuple[Path, Path]
+) -> Iterator[dict[str, Guest]]:
+    """Boot the plain and the Secure Boot VM at once; destroy them at the end."""
+    cert, _ = mok_cert
+    existing = test_lab.load()
+    stale = [n for n in (PLAIN, SB) if n in existing]
+    if stale:
+        vms.destroy(test_lab, stale, progress=print)
+    requests = [
+        vms.UpRequest(names=[PLAIN], profile="lab"),
+        vms.UpRequest(names=[SB], profile="bare", secure_boot=True, enroll_keys=[cert]),
+    ]
+    errors: list[BaseException] = []
+
+    def boot(req: vms.UpRequest) -> None:
+        try:
+            vms.up(test_lab, req, progress=print)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        inventory.write(test_lab)
+        state = test_lab.load()
+        yield {name: Guest(test_lab, state[name]) for name in (PLAIN, SB)}
+    finally:
+        if os.environ.get("KMODLAB_KEEP_VMS") != "1":
+            vms.destroy(test_lab, [n for n in (PLAIN, SB) if n in test_lab.load()], print)
+
+
+@pytest.fixture(scope="session")
+def plain(guests: dict[str, Guest]) -> Guest:
+    return guests[PLAIN]
+
+
+@pytest.fixture(scope="session")
+def sb(guests: dict[str, Guest]) -> Guest:
+    return guests[SB]
