@@ -321,9 +321,9 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
         raise LabError("--enroll-key needs --secure-boot (MOKs are shim's, under Secure Boot)")
     require_tools(qemu.QEMU, "qemu-img", "ssh")
     qemu.firmware(req.secure_boot)
-    lab.ensure_key()
 
     with lab.locked() as vms:
+        lab.ensure_key()
         for name in req.names:
             if name in vms and process_alive(vms[name], lab):
                 raise LabError(f"VM {name!r} is already running (kmodlab vm down {name} first)")
