@@ -452,21 +452,35 @@ class Dkms:
     def dkms(self, *args):
         return self.run([self.dkms_bin, *args])
 
-    def read_status(self):
-        if self.dkms_bin is None:
+    def workers(self, count):
+        return max(1, min(self.params["jobs"] or os.cpu_count() or 1, count))
+
+    def read_status(self, names):
+        """``dkms status -m NAME`` for each name, concurrently, parsed.
+
+        Scoped to our packages (other DKMS modules on the host cost nothing) and run in
+        parallel: dkms status forks about a hundred times per registered version, which
+        adds up in an emulated guest, and it only reads.
+        """
+        if self.dkms_bin is None or not names:
             return []
-        rc, out, err = self.dkms("status")
-        if rc != 0:
-            self.module.fail_json(
-                msg="'dkms status' failed (rc=%d): fix the DKMS tree in %s (see stderr), then "
-                "re-run." % (rc, self.dkms_tree),
-                rc=rc,
-                stdout=out,
-                stderr=err,
-                kernel=self.kernel,
-            )
-        entries, unparsed = parse_status(out)
-        self.unparsed.extend(unparsed)
+        with ThreadPoolExecutor(max_workers=self.workers(len(names))) as pool:
+            outputs = list(pool.map(lambda n: (n, self.dkms("status", "-m", n)), names))
+        entries = []
+        for name, (rc, out, err) in outputs:
+            if rc != 0:
+                self.module.fail_json(
+                    msg="'dkms status -m %s' failed (rc=%d): fix the DKMS tree in %s (see "
+                    "stderr), then re-run." % (name, rc, self.dkms_tree),
+                    rc=rc,
+                    stdout=out,
+                    stderr=err,
+                    kernel=self.kernel,
+                )
+            parsed, unparsed = parse_status(out)
+            # -m is a filter of dkms's own; keep only exact names all the same.
+            entries.extend(e for e in parsed if e["name"] == name)
+            self.unparsed.extend(unparsed)
         return entries
 
     # -- input checks -----------------------------------------------------------------
@@ -714,7 +728,8 @@ class Dkms:
                     err,
                 )
                 return
-            p.added_now = p.before.get(p.version) is None
+            # A rebuild re-adds the version too: its old build is gone either way.
+            p.added_now = p.before.get(p.version) is None or bool(p.rebuild_reason)
             p.done.append("add")
 
     def build(self, p):
@@ -733,13 +748,14 @@ class Dkms:
             p.fail(
                 "build",
                 "'dkms build -m %s -v %s -k %s' failed (rc=%d): fix the module's sources "
-                "(see log_tail)%s"
+                "(see log_tail)%s%s"
                 % (
                     p.name,
                     p.version,
                     p.kernel,
                     rc,
                     "; the full log was %s" % log_path if log_path else "",
+                    self.rebuild_note(p),
                 ),
                 rc,
                 out,
@@ -751,6 +767,16 @@ class Dkms:
         p.done.append("build")
         self.write_digest(p)
         return p
+
+    @staticmethod
+    def rebuild_note(p):
+        if p.rebuild_reason and p.before.get(p.version) == "installed":
+            return (
+                ". Its installed build was removed first because %s without a new version: "
+                "give the module a new version to keep the old build until the new one "
+                "works" % p.rebuild_reason
+            )
+        return ""
 
     def write_digest(self, p):
         digest = source_digest(p.source_path)
@@ -933,8 +959,7 @@ class Dkms:
                 # Already installed: only leftovers of other versions to drop.
                 self.drop_others(p, entries)
         if to_build:
-            workers = self.params["jobs"] or os.cpu_count() or 1
-            workers = max(1, min(workers, len(to_build)))
+            workers = self.workers(len(to_build))
             queue = list(to_build)
             if len(queue) > 1 and self.signing_key_missing():
                 first = queue.pop(0)
@@ -1016,7 +1041,7 @@ class Dkms:
                     kernel=self.kernel,
                 )
             self.warnings.append("dkms is not installed; assuming no package is registered")
-        entries = self.read_status()
+        entries = self.read_status([p.name for p in self.packages])
         for p in self.packages:
             self.plan(p, entries)
         needs_build = [p.name for p in self.packages if p.has("build")]
@@ -1037,7 +1062,10 @@ class Dkms:
                 p.after = self.predict_after(p)
         else:
             self.execute(entries)
-            after_entries = self.read_status()
+            # Read again only what this run touched.
+            touched = [p.name for p in self.packages if p.done or p.failed]
+            after_entries = [e for e in entries if e["name"] not in touched]
+            after_entries += self.read_status(touched)
             for p in self.packages:
                 p.after = versions_on_kernel(after_entries, p.name, p.kernel)
         fact_changed = self.update_fact()
