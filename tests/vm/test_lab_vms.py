@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -106,8 +107,10 @@ def test_inventory_drives_ansible_and_testinfra(plain: Guest, sb: Guest) -> None
         "import testinfra,sys; h=testinfra.get_host(sys.argv[1], ansible_inventory=sys.argv[2]);"
         "print(h.check_output('uname -r'))"
     )
+    env = {**os.environ, "PATH": f"{ROOT}/.venv/bin:{os.environ['PATH']}"}
     out = subprocess.run(
         [sys.executable, "-c", probe, f"ansible://{PLAIN}", inv],
+        env=env,
         capture_output=True,
         text=True,
         cwd=ROOT,
