@@ -1,0 +1,534 @@
+"""The checks of the verify suite: pure functions of (record, observation, kernel).
+
+Each returns a list of problems, empty when the host is as the manifest and the
+wanted parameters say. Nothing here is written for one module: every expectation
+comes from the resolved record (state, wanted params, persist) and its manifest.
+
+The expected sysfs text of a parameter is computed here on its own, not with the
+kmod_load role's helpers, so that a mistake there cannot hide behind the same
+mistake here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shlex
+from typing import Any
+
+from kmodlab.verify.observe import (
+    PROC_DEVICES,
+    Observation,
+    config_paths,
+    param_path,
+    sys_module,
+)
+
+KERNEL_LINES = 20
+_DKMS_LINE = re.compile(
+    r"^(?P<name>[^/,\s]+)[/,]\s*(?P<version>[^,:\s]+),\s*(?P<kernel>[^,:\s]+)"
+    r"(?:,\s*(?P<arch>[^:\s]+))?:\s*(?P<status>[A-Za-z-]+)(?P<extra>.*)$"
+)
+
+
+# ------------------------------------------------------------------ values
+
+
+def expected_text(param: dict[str, Any], value: Any) -> str:
+    """What /sys/module/KMOD/parameters/NAME shows for ``value`` (no newline)."""
+
+    def one(v: Any) -> str:
+        if param["type"] in ("bool", "invbool"):
+            if v is True or v in ("Y", "y", "1") or (type(v) is int and v == 1):
+                return "Y"
+            return "N"
+        if param["type"] == "charp":
+            return str(v)
+        return str(int(v))
+
+    if param.get("array"):
+        return ",".join(one(v) for v in value)
+    return one(value)
+
+
+def declared(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in record["manifest"].get("parameters") or []}
+
+
+def visible(param: dict[str, Any]) -> bool:
+    return int(param["perm"], 8) != 0
+
+
+def major_param_names(record: dict[str, Any]) -> set[str]:
+    devices = record["manifest"].get("expect", {}).get("proc_devices") or []
+    return {d["major_param"] for d in devices if d.get("major_param")}
+
+
+def expected_major(record: dict[str, Any], device: dict[str, Any]) -> int | None:
+    """The major ``device`` must have: the wanted (or default) value of its major_param,
+    or its fixed major; None when dynamic (also a major_param of 0)."""
+    if device.get("major_param"):
+        name = device["major_param"]
+        value = record["params"].get(name, declared(record)[name]["default"])
+        return int(value) or None
+    major = device.get("major", "dynamic")
+    return None if major == "dynamic" else int(major)
+
+
+def proc_devices(text: str | None) -> dict[str, dict[str, list[int]]]:
+    """{"char": {name: [majors]}, "block": {...}} from /proc/devices."""
+    out: dict[str, dict[str, list[int]]] = {"char": {}, "block": {}}
+    section = None
+    for line in (text or "").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Character devices"):
+            section = "char"
+        elif stripped.startswith("Block devices"):
+            section = "block"
+        elif section and stripped:
+            number, _, name = stripped.partition(" ")
+            if number.isdigit():
+                out[section].setdefault(name.strip(), []).append(int(number))
+    return out
+
+
+def kernel_args(text: str) -> dict[str, str]:
+    """``k=v k2="a b"`` as the kernel parses it (double quotes group)."""
+    out: dict[str, str] = {}
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.quotes = '"'
+    lexer.escape = ""
+    for token in lexer:
+        key, _, value = token.partition("=")
+        out[key] = value
+    return out
+
+
+def config_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def expected_files(record: dict[str, Any]) -> dict[str, bool]:
+    """Which of the module's two files must exist (kmod_load's contract)."""
+    wanted = record["state"] in ("present", "config")
+    options = (
+        wanted and (record["persist"] or record["state"] == "config") and bool(record["params"])
+    )
+    boot = wanted and bool(record["persist"])
+    modprobe, modules_load = config_paths(record)
+    return {modprobe: bool(options), modules_load: bool(boot)}
+
+
+def mentions(record: dict[str, Any]) -> re.Pattern[str]:
+    names = sorted({record["kmod"], record["name"]}, key=len, reverse=True)
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(rf"(?<![A-Za-z0-9_-])(?:{alternatives})(?![A-Za-z0-9_-])")
+
+
+def kernel_context(record: dict[str, Any], obs: Observation) -> list[str]:
+    """The last kernel lines that name the module."""
+    regex = mentions(record)
+    return [line for line in obs.kernel_log if regex.search(line)][-KERNEL_LINES:]
+
+
+def _mode(value: int | None) -> str:
+    return "none" if value is None else f"{value:04o}"
+
+
+# ------------------------------------------------------------------ host
+
+
+def host(expectation_kernel: str, obs: Observation) -> list[str]:
+    problems = []
+    uname = obs.command("uname")
+    running = uname["stdout"].strip()
+    if uname["rc"] != 0:
+        problems.append(f"uname -r failed: {uname['stderr'].strip()}")
+    elif running != expectation_kernel:
+        problems.append(
+            f"the host runs kernel {running}, the expectation was rendered for "
+            f"{expectation_kernel}: run the playbook again for the running kernel"
+        )
+    if obs.euid != 0:
+        problems.append(
+            f"the checks ran as uid {obs.euid}, not root: give passwordless sudo, "
+            "ansible_become in the inventory, or pytest --sudo"
+        )
+    if obs.kernel_log_source == "none":
+        problems.append("the kernel log could not be read (/dev/kmsg, dmesg, journalctl -k)")
+    return problems
+
+
+# ------------------------------------------------------------------ DKMS and files
+
+
+def dkms_entries(obs: Observation) -> list[dict[str, str]]:
+    out = []
+    for line in obs.command("dkms")["stdout"].splitlines():
+        match = _DKMS_LINE.match(line.strip())
+        if match:
+            out.append(match.groupdict())
+    return out
+
+
+def _dkms(
+    record: dict[str, Any], obs: Observation, kernel: str, statuses: tuple[str, ...]
+) -> list[str]:
+    res = obs.command("dkms")
+    if res["rc"] != 0:
+        return [f"dkms status failed (rc {res['rc']}): {res['stderr'].strip()}"]
+    mine = [
+        e
+        for e in dkms_entries(obs)
+        if e["name"] == record["name"] and e["version"] == record["version"]
+    ]
+    if any(e["kernel"] == kernel and e["status"] in statuses for e in mine):
+        return []
+    seen = "; ".join(
+        f"{e['name']}/{e['version']} {e['kernel']}: {e['status']}{e['extra']}" for e in mine
+    )
+    others = "; ".join(
+        f"{e['name']}/{e['version']} {e['kernel']}: {e['status']}"
+        for e in dkms_entries(obs)
+        if e["name"] == record["name"] and e not in mine
+    )
+    return [
+        f"dkms status shows {record['name']}/{record['version']} not "
+        f"{' or '.join(statuses)} for kernel {kernel} (it shows: {seen or 'nothing'}"
+        + (f"; other versions: {others}" if others else "")
+        + ")"
+    ]
+
+
+def dkms_built(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    return _dkms(record, obs, kernel, ("built", "installed"))
+
+
+def dkms_installed(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    return _dkms(record, obs, kernel, ("installed",))
+
+
+def modinfo_fields(obs: Observation, record: dict[str, Any]) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    key = None
+    for line in obs.command(f"modinfo:{record['name']}")["stdout"].splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+):\s?(.*)$", line)
+        if match:
+            key = match.group(1)
+            fields.setdefault(key, []).append(match.group(2).strip())
+        elif key and line.startswith((" ", "\t")):
+            fields[key][-1] += " " + line.strip()
+    return fields
+
+
+def module_file(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    res = obs.command(f"modinfo:{record['name']}")
+    if res["rc"] != 0:
+        return [f"modinfo -k {kernel} {record['kmod']} failed: {res['stderr'].strip()}"]
+    fields = modinfo_fields(obs, record)
+    problems = []
+    names = "|".join(re.escape(n) for n in sorted({record["name"], record["kmod"]}))
+    where = (
+        rf"^(/usr)?/lib/modules/{re.escape(kernel)}/updates/dkms/(?:{names})\.ko(\.(xz|gz|zst))?$"
+    )
+    filename = (fields.get("filename") or [""])[0]
+    if not re.match(where, filename):
+        problems.append(
+            f"modinfo filename is {filename or 'missing'}, not under "
+            f"/lib/modules/{kernel}/updates/dkms/ (where DKMS installs it)"
+        )
+    vermagic = (fields.get("vermagic") or [""])[0]
+    if vermagic.split(" ", 1)[0] != kernel:
+        problems.append(f"vermagic {vermagic!r} does not start with the running kernel {kernel}")
+    return problems
+
+
+def modinfo(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    res = obs.command(f"modinfo:{record['name']}")
+    if res["rc"] != 0:
+        return [f"modinfo -k {kernel} {record['kmod']} failed: {res['stderr'].strip()}"]
+    fields = modinfo_fields(obs, record)
+    problems = []
+    for field, pattern in sorted(
+        (record["manifest"].get("expect", {}).get("modinfo") or {}).items()
+    ):
+        values = fields.get(field)
+        if not values:
+            problems.append(f"modinfo has no {field} (manifest expects /{pattern}/)")
+        elif not any(re.search(pattern, v) for v in values):
+            problems.append(f"modinfo {field} is {values!r}, not matching /{pattern}/")
+    version = fields.get("version")
+    if version and version[0] != record["version"]:
+        problems.append(f"modinfo version is {version[0]}, the manifest says {record['version']}")
+    return problems
+
+
+def persistence(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    problems = []
+    decls = declared(record)
+    modprobe, modules_load = config_paths(record)
+    for path, must in expected_files(record).items():
+        exists = obs.exists(path)
+        if not must:
+            if exists:
+                why = "it is absent" if record["state"] == "absent" else "persist is false"
+                if path == modprobe and record["state"] != "absent" and not record["params"]:
+                    why = "it has no parameters"
+                problems.append(f"{path} exists but should not ({why})")
+            continue
+        if not exists:
+            problems.append(
+                f"{path} is missing (state {record['state']}, persist {record['persist']})"
+            )
+            continue
+        text = obs.text(path)
+        if text is None:
+            problems.append(f"{path} cannot be read: {obs.read_error(path)}")
+            continue
+        lines = config_lines(text)
+        if path == modules_load:
+            if lines not in ([record["kmod"]], [record["name"]]):
+                problems.append(f"{path} should name only {record['kmod']}, it has {lines}")
+            continue
+        want = {k: expected_text(decls[k], v) for k, v in record["params"].items()}
+        options = [ln.split(None, 2) for ln in lines if ln.split()[0] == "options"]
+        if len(options) != 1 or len(lines) != 1:
+            problems.append(f"{path} should hold one options line, it has {lines}")
+            continue
+        parts = options[0] + [""] * (3 - len(options[0]))
+        if parts[1].replace("-", "_") != record["kmod"]:
+            problems.append(f"{path} sets options for {parts[1]}, not {record['kmod']}")
+        have = kernel_args(parts[2])
+        if have != want:
+            problems.append(f"{path} options are {have}, wanted {want}")
+    return problems
+
+
+# ------------------------------------------------------------------ loaded module
+
+
+def loaded(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    base = sys_module(record)
+    state = obs.text(f"{base}/initstate")
+    if state is None:
+        return [f"{record['kmod']} is not loaded ({base}/initstate does not exist)"]
+    problems = []
+    if state.strip() != "live":
+        problems.append(f"{record['kmod']} is {state.strip()!r}, not live")
+    live_src = (obs.text(f"{base}/srcversion") or "").strip()
+    disk_src = (modinfo_fields(obs, record).get("srcversion") or [""])[0]
+    if live_src and disk_src and live_src != disk_src:
+        problems.append(
+            f"the loaded {record['kmod']} (srcversion {live_src}) is not the installed one "
+            f"({disk_src}): reload it"
+        )
+    return problems
+
+
+def not_loaded(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    base = sys_module(record)
+    if obs.exists(f"{base}/initstate"):
+        return [f"{record['kmod']} is loaded but its state is absent"]
+    return []
+
+
+def _not_loaded(record: dict[str, Any], obs: Observation) -> list[str]:
+    if obs.exists(f"{sys_module(record)}/initstate"):
+        return []
+    return [f"{record['kmod']} is not loaded, so this cannot be checked"]
+
+
+def checked_params(record: dict[str, Any]) -> list[str]:
+    """Wanted parameters whose live value sysfs shows (a dynamic major excluded)."""
+    decls = declared(record)
+    majors = major_param_names(record)
+    return [
+        name
+        for name, value in sorted(record["params"].items())
+        if visible(decls[name])
+        and not (name in majors and expected_text(decls[name], value) == "0")
+    ]
+
+
+def params(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    problems = _not_loaded(record, obs)
+    if problems:
+        return problems
+    decls = declared(record)
+    majors = major_param_names(record)
+    for name, value in sorted(record["params"].items()):
+        decl = decls[name]
+        if not visible(decl):
+            continue
+        want = expected_text(decl, value)
+        if name in majors and want == "0":
+            continue
+        path = param_path(record, name)
+        text = obs.text(path)
+        if text is None:
+            problems.append(f"{path}: cannot read ({obs.read_error(path)}), wanted {want!r}")
+            continue
+        live = text[:-1] if text.endswith("\n") else text
+        if live != want:
+            problems.append(f"{name} is {live!r}, wanted {want!r}")
+    return problems
+
+
+def param_files(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    problems = _not_loaded(record, obs)
+    if problems:
+        return problems
+    decls = declared(record)
+    pdir = f"{sys_module(record)}/parameters"
+    present = set(obs.listing(pdir) or [])
+    for name, decl in sorted(decls.items()):
+        path = param_path(record, name)
+        if not visible(decl):
+            if name in present:
+                problems.append(f"{path} exists, but perm 0000 should keep it out of sysfs")
+            continue
+        if name not in present:
+            problems.append(f"{path} is missing (perm {decl['perm']})")
+            continue
+        mode = obs.stat(path).get("mode")
+        if mode != int(decl["perm"], 8):
+            problems.append(f"{path} has mode {_mode(mode)}, declared {decl['perm']}")
+    for name in sorted(present - set(decls)):
+        problems.append(f"{pdir}/{name} is not declared in the manifest")
+    return problems
+
+
+def proc_device_checks(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    problems = []
+    table = proc_devices(obs.text(PROC_DEVICES))
+    for dev in record["manifest"]["expect"].get("proc_devices") or []:
+        kind = dev.get("kind", "char")
+        majors = table[kind].get(dev["name"], [])
+        want = expected_major(record, dev)
+        if not majors:
+            problems.append(f"/proc/devices has no {kind} device {dev['name']!r}")
+        elif want is not None and want not in majors:
+            problems.append(
+                f"/proc/devices has {kind} {dev['name']!r} on major {majors}, expected {want}"
+            )
+    return problems
+
+
+def dev_nodes(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    problems = []
+    expect = record["manifest"]["expect"]
+    devices = {d["name"]: d for d in expect.get("proc_devices") or []}
+    table = proc_devices(obs.text(PROC_DEVICES))
+    for node in expect.get("dev_nodes") or []:
+        st = obs.stat(node["path"])
+        if not st.get("exists"):
+            problems.append(f"{node['path']} does not exist")
+            continue
+        if st.get("type") != node.get("type", "char"):
+            problems.append(
+                f"{node['path']} is a {st.get('type')}, not a {node.get('type', 'char')} device"
+            )
+            continue
+        dev = devices[node["device"]]
+        majors = table[dev.get("kind", "char")].get(dev["name"], [])
+        if st.get("major") not in majors:
+            problems.append(
+                f"{node['path']} has major {st.get('major')}, /proc/devices gives "
+                f"{dev['name']!r} major {majors or 'none'}"
+            )
+        if st.get("minor") != node.get("minor", 0):
+            problems.append(
+                f"{node['path']} has minor {st.get('minor')}, expected {node.get('minor', 0)}"
+            )
+        if node.get("mode") and st.get("mode") != int(node["mode"], 8):
+            problems.append(
+                f"{node['path']} has mode {_mode(st.get('mode'))}, expected {node['mode']}"
+            )
+    return problems
+
+
+def _path_checks(checks: list[dict[str, Any]], obs: Observation) -> list[str]:
+    problems = []
+    for check in checks:
+        path = check["path"]
+        st = obs.stat(path)
+        kind = check.get("kind", "file")
+        if not st.get("exists"):
+            problems.append(f"{path} does not exist")
+            continue
+        if st.get("type") != kind:
+            problems.append(f"{path} is a {st.get('type')}, expected a {kind}")
+            continue
+        if check.get("mode") and st.get("mode") != int(check["mode"], 8):
+            problems.append(f"{path} has mode {_mode(st.get('mode'))}, expected {check['mode']}")
+        if check.get("content") is not None and kind == "file":
+            text = obs.text(path)
+            if text is None:
+                problems.append(f"{path} cannot be read: {obs.read_error(path)}")
+            elif not re.search(check["content"], text, re.MULTILINE):
+                problems.append(
+                    f"{path} content {text[:200]!r} does not match /{check['content']}/"
+                )
+    return problems
+
+
+def sysfs(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    return _path_checks(record["manifest"]["expect"].get("sysfs") or [], obs)
+
+
+def procfs(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    return _path_checks(record["manifest"]["expect"].get("procfs") or [], obs)
+
+
+def since_last_load(record: dict[str, Any], lines: list[str]) -> list[str]:
+    """Kernel lines after the module's last unload message (all of them if none)."""
+    unload = [
+        re.compile(p) for p in record["manifest"]["expect"].get("dmesg", {}).get("unload") or []
+    ]
+    cut = 0
+    for index, line in enumerate(lines):
+        if any(p.search(line) for p in unload):
+            cut = index + 1
+    return lines[cut:]
+
+
+def dmesg_load(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    patterns = record["manifest"]["expect"].get("dmesg", {}).get("load") or []
+    lines = since_last_load(record, obs.kernel_log)
+    return [
+        f"no kernel message since the last load matches /{p}/"
+        for p in patterns
+        if not any(re.search(p, line) for line in lines)
+    ]
+
+
+def errno_text(name: str) -> str | None:
+    number = getattr(errno, name, None)
+    return os.strerror(number) if isinstance(number, int) else None
+
+
+def functional(record: dict[str, Any], index: int, obs: Observation) -> list[str]:
+    check = record["manifest"]["expect"]["functional"][index]
+    results = obs.functional(record, index)
+    if len(results) != len(check["steps"]):
+        return [f"functional check {check['name']!r} did not run ({len(results)} results)"]
+    for number, (step, res) in enumerate(zip(check["steps"], results, strict=True), start=1):
+        what = f"step {number} ({step['op']} {step['path']}"
+        what += f" data {step['data']!r})" if step["op"] == "write" else ")"
+        stderr = str(res.get("stderr", "")).strip()
+        if step.get("error"):
+            text = errno_text(step["error"])
+            if res["rc"] == 0:
+                return [f"{what}: succeeded, expected {step['error']} ({text})"]
+            if not ((text and text in stderr) or step["error"] in stderr):
+                return [f"{what}: failed with {stderr!r}, expected {step['error']} ({text})"]
+            continue
+        if res["rc"] != 0:
+            return [f"{what}: failed (rc {res['rc']}): {stderr}"]
+        if step["op"] == "read" and step.get("expect") is not None:
+            data = Observation.step_output(res).decode("utf-8", "replace")
+            if not re.search(step["expect"], data):
+                return [f"{what}: read {data[:200]!r}, expected /{step['expect']}/"]
+    return []

@@ -1,0 +1,191 @@
+"""Observe a host once: what the checks look at, fetched in one round trip.
+
+``build_request`` lists, from the expectation alone, every path to stat or read,
+every directory to list and every command to run for all modules of a host, plus
+the functional steps; ``observe`` sends it with the collector (``_collector.py``)
+through testinfra and wraps the answer in an ``Observation``. A TCG-emulated guest
+pays 1-3 s per SSH round trip, so a host costs one round trip, not one per check.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from kmodlab.verify.expectations import Expectation
+
+COLLECTOR = Path(__file__).with_name("_collector.py")
+PROC_DEVICES = "/proc/devices"
+MODPROBE_D = "/etc/modprobe.d"
+MODULES_LOAD_D = "/etc/modules-load.d"
+
+# Run the collector as root: directly when already root (or under testinfra --sudo),
+# else through passwordless sudo (the lab's become method).
+_WRAPPER = (
+    'if [ "$(id -u)" = 0 ]; then exec python3 -c "$1" "$2"; '
+    'elif command -v sudo >/dev/null 2>&1; then exec sudo -n python3 -c "$1" "$2"; '
+    'else exec python3 -c "$1" "$2"; fi'
+)
+
+
+class CollectError(RuntimeError):
+    """The collector could not run on the host; the message has its output."""
+
+
+def sys_module(record: dict[str, Any]) -> str:
+    return f"/sys/module/{record['kmod']}"
+
+
+def param_path(record: dict[str, Any], name: str) -> str:
+    return f"{sys_module(record)}/parameters/{name}"
+
+
+def config_paths(record: dict[str, Any]) -> tuple[str, str]:
+    """(/etc/modprobe.d/NAME.conf, /etc/modules-load.d/NAME.conf)."""
+    return (
+        f"{MODPROBE_D}/{record['name']}.conf",
+        f"{MODULES_LOAD_D}/{record['name']}.conf",
+    )
+
+
+def functional_id(record: dict[str, Any], index: int) -> str:
+    return f"{record['name']}#{index}"
+
+
+def build_request(expectation: Expectation) -> dict[str, Any]:
+    stat: list[str] = []
+    read: list[str] = [PROC_DEVICES]
+    listing: list[str] = []
+    commands: dict[str, list[str]] = {"uname": ["uname", "-r"], "dkms": ["dkms", "status"]}
+    functional: list[dict[str, Any]] = []
+    for rec in expectation.modules:
+        base = sys_module(rec)
+        manifest = rec["manifest"]
+        expect = manifest.get("expect") or {}
+        stat += [base, f"{base}/initstate", f"{base}/parameters"]
+        read += [f"{base}/initstate", f"{base}/refcnt", f"{base}/srcversion"]
+        listing.append(f"{base}/parameters")
+        for param in manifest.get("parameters") or []:
+            stat.append(param_path(rec, param["name"]))
+            if int(param["perm"], 8):
+                read.append(param_path(rec, param["name"]))
+        for path in config_paths(rec):
+            stat.append(path)
+            read.append(path)
+        if rec["state"] in ("present", "config"):
+            commands[f"modinfo:{rec['name']}"] = [
+                "modinfo",
+                "-k",
+                expectation.kernel,
+                rec["kmod"],
+            ]
+        if rec["state"] != "present":
+            continue
+        for node in expect.get("dev_nodes") or []:
+            stat.append(node["path"])
+        for check in (expect.get("sysfs") or []) + (expect.get("procfs") or []):
+            stat.append(check["path"])
+            if check.get("content") is not None and check.get("kind", "file") == "file":
+                read.append(check["path"])
+        for index, check in enumerate(expect.get("functional") or []):
+            functional.append(
+                {
+                    "id": functional_id(rec, index),
+                    "steps": [
+                        {
+                            "op": step["op"],
+                            "path": step["path"],
+                            "data": step.get("data"),
+                            "size": step.get("size", 4096),
+                        }
+                        for step in check["steps"]
+                    ],
+                }
+            )
+    return {
+        "stat": list(dict.fromkeys(stat)),
+        "read": list(dict.fromkeys(read)),
+        "list": list(dict.fromkeys(listing)),
+        "commands": commands,
+        "kernel_log": True,
+        "functional": functional,
+    }
+
+
+class Observation:
+    """The collector's answer for one host, with accessors the checks use."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def euid(self) -> int | None:
+        return self.data.get("euid")
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self.data.get("stat", {}).get(path) or {"exists": False, "error": "not observed"}
+
+    def exists(self, path: str) -> bool:
+        return bool(self.stat(path).get("exists"))
+
+    def text(self, path: str) -> str | None:
+        entry = self.data.get("read", {}).get(path)
+        if not entry or not entry.get("ok"):
+            return None
+        return entry["text"]
+
+    def read_error(self, path: str) -> str | None:
+        entry = self.data.get("read", {}).get(path) or {}
+        return entry.get("error")
+
+    def listing(self, path: str) -> list[str] | None:
+        return self.data.get("list", {}).get(path)
+
+    def command(self, key: str) -> dict[str, Any]:
+        return self.data.get("commands", {}).get(key) or {
+            "rc": -1,
+            "stdout": "",
+            "stderr": f"command {key} was not run",
+        }
+
+    @property
+    def kernel_log(self) -> list[str]:
+        return list((self.data.get("kernel_log") or {}).get("lines") or [])
+
+    @property
+    def kernel_log_source(self) -> str:
+        return (self.data.get("kernel_log") or {}).get("source", "none")
+
+    def functional(self, record: dict[str, Any], index: int) -> list[dict[str, Any]]:
+        return self.data.get("functional", {}).get(functional_id(record, index)) or []
+
+    @staticmethod
+    def step_output(step: dict[str, Any]) -> bytes:
+        if "stdout_b64" in step:
+            return base64.b64decode(step["stdout_b64"])
+        return str(step.get("stdout", "")).encode()
+
+
+def collector_source() -> str:
+    return COLLECTOR.read_text()
+
+
+def observe(host: Any, expectation: Expectation) -> Observation:
+    """Run the collector on ``host`` (a testinfra Host) for ``expectation``."""
+    request = json.dumps(build_request(expectation), separators=(",", ":"))
+    result = host.run("sh -c %s kmodlab-verify %s %s", _WRAPPER, collector_source(), request)
+    if result.rc != 0:
+        raise CollectError(
+            f"the verify collector failed on {expectation.host} (rc {result.rc}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    try:
+        data = json.loads(result.stdout)
+    except ValueError as exc:
+        raise CollectError(
+            f"the verify collector on {expectation.host} printed no JSON ({exc}): "
+            f"{result.stdout[:500]!r} {result.stderr[:500]!r}"
+        ) from None
+    return Observation(data)
