@@ -1,0 +1,96 @@
+"""Benchmark: image build (warm, and cold with --cold) and boot-to-SSH under the chosen
+accelerator, plain UEFI and Secure Boot, over a few runs.
+
+Prints, for each run, the seconds and the CPU seconds that *other* processes used
+meanwhile (the machine is shared: a figure without that can't be compared).
+
+    .venv/bin/python bench/boot.py [--runs 3] [--cold] [--secure-boot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from kmodlab.lab import image, vms
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_total() -> float:
+    """CPU seconds used by the whole machine so far (user+nice+system+irq+softirq)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / TICK
+
+
+def cpu_of(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(parts[11]) + int(parts[12])) / TICK
+
+
+def timed(label: str, func, own_cpu=lambda: 0.0) -> float:  # noqa: ANN001
+    c0, own0, t0 = cpu_total(), own_cpu(), time.monotonic()
+    r0 = os.times()
+    func()
+    wall = time.monotonic() - t0
+    r1 = os.times()
+    mine = (r1.children_user + r1.children_system + r1.user + r1.system) - (
+        r0.children_user + r0.children_system + r0.user + r0.system
+    )
+    others = max(0.0, cpu_total() - c0 - mine - (own_cpu() - own0))
+    print(f"{label:<34} {wall:7.1f} s   other processes' CPU: {others:6.1f} s")
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cold", action="store_true", help="also time a forced rebuild")
+    ap.add_argument("--secure-boot", action="store_true", help="also time Secure Boot boots")
+    args = ap.parse_args()
+
+    recipe = image.Recipe.for_profile("lab")
+    timed("image build (warm, cached)", lambda: image.build(recipe, progress=lambda m: None))
+    if args.cold:
+        timed("image build (cold, --force)", lambda: image.build(recipe, True, lambda m: None))
+
+    lab = vms.Lab(Path(tempfile.mkdtemp(prefix="kmodlab-bench-", dir="/tmp")))
+    modes = [False, True] if args.secure_boot else [False]
+    for sb in modes:
+        walls = []
+        for i in range(args.runs):
+            name = f"b{i}"
+            holder: dict[str, vms.Vm] = {}
+
+            def boot(name: str = name, sb: bool = sb, holder: dict = holder) -> None:
+                req = vms.UpRequest(names=[name], secure_boot=sb)
+                holder["vm"] = vms.up(lab, req, progress=lambda m: None)[0]
+
+            def qemu_cpu(name: str = name) -> float:
+                vm = lab.load().get(name)
+                return cpu_of(vm.pid if vm else None)
+
+            label = f"boot to SSH ({'Secure Boot' if sb else 'plain UEFI'}) #{i + 1}"
+            walls.append(timed(label, boot, qemu_cpu))
+            vms.destroy(lab, [name], progress=lambda m: None)
+        accel = holder["vm"].accel if holder else "?"
+        print(
+            f"  -> {accel}: median {statistics.median(walls):.1f} s, "
+            f"min {min(walls):.1f} s, max {max(walls):.1f} s"
+        )
+    subprocess.run(["rm", "-rf", str(lab.path)], check=False)
+
+
+if __name__ == "__main__":
+    main()
