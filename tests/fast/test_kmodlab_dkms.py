@@ -1,0 +1,775 @@
+"""Fast tier: the kmodlab_dkms Ansible module, with dkms mocked.
+
+``AnsibleModule.run_command`` is replaced by ``FakeDkms``, a small model of dkms 3.0.10's
+add/build/install/uninstall/remove/status (behaviour checked against the real one on
+Debian 12) working in a scratch folder; ``get_bin_path`` and the /lib/modules, /boot and
+/etc paths point there too. Each test asserts on the module's result and on the commands
+it ran.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import ansible.module_utils
+import pytest
+import yaml
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRARY = REPO / "src/kmodlab/ansible/library/kmodlab_dkms.py"
+MODULE_UTILS = REPO / "src/kmodlab/ansible/module_utils"
+
+# What ansible.cfg's module_utils setting does for a real run.
+if str(MODULE_UTILS) not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(str(MODULE_UTILS))
+_SPEC = importlib.util.spec_from_file_location("kmodlab_dkms", LIBRARY)
+kmodlab_dkms = importlib.util.module_from_spec(_SPEC)
+sys.modules["kmodlab_dkms"] = kmodlab_dkms
+_SPEC.loader.exec_module(kmodlab_dkms)
+
+K = "6.1.0-56-amd64"
+ARCH = os.uname()[4]
+DKMS = "/usr/sbin/dkms"
+DEPMOD = "/usr/sbin/depmod"
+GOOD_C = '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'
+BAD_C = "int x = no_such_symbol;\n"
+
+
+class ExitJson(Exception):
+    pass
+
+
+class FailJson(Exception):
+    pass
+
+
+def _exit_json(self, **kwargs):
+    kwargs.setdefault("changed", False)
+    raise ExitJson(kwargs)
+
+
+def _fail_json(self, msg, **kwargs):
+    kwargs["msg"] = msg
+    kwargs["failed"] = True
+    raise FailJson(kwargs)
+
+
+class FakeDkms:
+    """dkms's state machine over a scratch source tree and DKMS tree."""
+
+    def __init__(self, root: Path, fmt: str = "3"):
+        self.root = root
+        self.src = root / "usr/src"
+        self.tree = root / "var/lib/dkms"
+        self.lib = root / "lib/modules"
+        self.src.mkdir(parents=True)
+        self.tree.mkdir(parents=True)
+        (self.lib / K / "build").mkdir(parents=True)
+        self.fmt = fmt
+        # (name, version) -> {kernel: "built" | "installed"}; "diff" marks a replaced .ko
+        self.reg: dict[tuple[str, str], dict[str, str]] = {}
+        self.diff: set[tuple[str, str]] = set()
+        self.calls: list[list[str]] = []
+        self.lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+        self.build_delay = 0.0
+        self.install_refuses: set[str] = set()  # names whose install exits 0 but copies nothing
+
+    # -- helpers for tests -----------------------------------------------------------
+    def register(self, name, version, files=None, state="installed", kernel=K):
+        folder = self.src / f"{name}-{version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for rel, content in (files or pkg_files(name, version)).items():
+            (folder / rel).write_text(content)
+        self.reg.setdefault((name, version), {})
+        if state in ("built", "installed"):
+            if state == "installed":
+                self._uninstall_others(name, kernel)
+            self.reg[(name, version)][kernel] = state
+            log = self.tree / name / version / kernel / ARCH / "log"
+            log.mkdir(parents=True, exist_ok=True)
+
+    def commands(self, verb=None):
+        """The dkms commands run, as 'verb name/version' strings, in order."""
+        out = []
+        for argv in self.calls:
+            if argv[0] != DKMS or argv[1] == "status":
+                continue
+            if verb is None or argv[1] == verb:
+                a = argv[1:]
+                out.append(f"{a[0]} {a[a.index('-m') + 1]}/{a[a.index('-v') + 1]}")
+        return out
+
+    def status_calls(self):
+        return [a for a in self.calls if a[0] == DKMS and a[1] == "status"]
+
+    def depmods(self):
+        return [a for a in self.calls if a[0] == DEPMOD]
+
+    # -- dkms ------------------------------------------------------------------------
+    def _uninstall_others(self, name, kernel):
+        for (n, _v), kernels in self.reg.items():
+            if n == name and kernels.get(kernel) == "installed":
+                kernels[kernel] = "built"
+
+    def _line(self, name, version, kernel=None, state="added"):
+        if kernel is None:
+            head = f"{name}/{version}" if self.fmt == "3" else f"{name}, {version}"
+            return f"{head}: added"
+        head = f"{name}/{version}" if self.fmt == "3" else f"{name}, {version}"
+        line = f"{head}, {kernel}, {ARCH}: {state}"
+        if (name, version) in self.diff and state == "installed":
+            line += " (WARNING! Diff between built and installed module!)"
+        return line
+
+    def __call__(self, _module, argv, **kwargs):
+        argv = list(argv)
+        with self.lock:
+            self.calls.append(argv)
+        if argv[0] == DEPMOD:
+            return 0, "", ""
+        assert argv[0] == DKMS, argv
+        assert kwargs.get("environ_update", {}).get("LC_ALL") == "C"
+        verb, rest = argv[1], argv[2:]
+
+        def opt(flag):
+            return rest[rest.index(flag) + 1] if flag in rest else None
+
+        name, version, kernel = opt("-m"), opt("-v"), opt("-k")
+        key = (name, version)
+        if verb == "status":
+            lines = []
+            for (n, v), kernels in sorted(self.reg.items()):
+                if (name and n != name) or (version and v != version):
+                    continue
+                shown = {k: s for k, s in kernels.items() if not kernel or k == kernel}
+                if not shown:
+                    lines.append(self._line(n, v))
+                for k, s in sorted(shown.items()):
+                    lines.append(self._line(n, v, k, s))
+            return 0, "".join(line + "\n" for line in lines), ""
+        if verb == "add":
+            if key in self.reg:
+                return 3, "", "Error! DKMS tree already contains: ..."
+            conf = self.src / f"{name}-{version}" / "dkms.conf"
+            if not conf.is_file() or "PACKAGE_NAME" not in conf.read_text():
+                return 8, "", "Error! Bad conf file."
+            self.reg[key] = {}
+            (self.tree / name / version / "build").mkdir(parents=True, exist_ok=True)
+            return 0, f"Creating symlink {self.tree}/{name}/{version}/source\n", ""
+        if verb == "build":
+            assert key in self.reg and kernel not in self.reg[key], (key, self.reg)
+            with self.lock:
+                self.running += 1
+                self.max_running = max(self.max_running, self.running)
+            try:
+                time.sleep(self.build_delay)
+            finally:
+                with self.lock:
+                    self.running -= 1
+            sources = "".join(p.read_text() for p in (self.src / f"{name}-{version}").glob("*.c"))
+            build = self.tree / name / version / "build"
+            build.mkdir(parents=True, exist_ok=True)
+            if "no_such_symbol" in sources:
+                log = [f"DKMS make.log for {name}-{version} for kernel {kernel} ({ARCH})"]
+                log += [f"noise {i}" for i in range(60)]
+                log += [f"{build}/{name}.c:1:9: error: 'no_such_symbol' undeclared here"]
+                (build / "make.log").write_text("\n".join(log) + "\n")
+                return (
+                    10,
+                    "Building module:\nCleaning build area...\n(bad exit status: 2)\n",
+                    f"Error! Bad return status for module build on kernel: {kernel} ({ARCH})\n"
+                    f"Consult {build}/make.log for more information.\n",
+                )
+            (self.tree / name / version / kernel / ARCH / "log").mkdir(parents=True, exist_ok=True)
+            self.reg[key][kernel] = "built"
+            return 0, "Building module:\nCleaning build area...\n", ""
+        if verb == "install":
+            assert "--no-depmod" in rest
+            if self.reg.get(key, {}).get(kernel) == "installed":
+                return 5, "", "Error! This module/version combo is already installed"
+            if self.reg.get(key, {}).get(kernel) != "built":
+                return 6, "", "Error! not built"
+            others = [
+                v
+                for (n, v), ks in self.reg.items()
+                if n == name and v != version and ks.get(kernel) == "installed"
+            ]
+            self._uninstall_others(name, kernel)
+            self.reg[key][kernel] = "installed"
+            if name in self.install_refuses or (others and "--force-version-override" not in rest):
+                # dkms's version sanity check: moves the symlink, copies nothing, exits 0
+                self.diff.add(key)
+                return (
+                    0,
+                    "",
+                    f"Module version {version} ... is not newer than what is already found",
+                )
+            self.diff.discard(key)
+            return 0, "Installing to /lib/modules\n", ""
+        if verb == "uninstall":
+            assert "--no-depmod" in rest
+            if self.reg.get(key, {}).get(kernel) == "installed":
+                self.reg[key][kernel] = "built"
+                self.diff.discard(key)
+            return 0, "", ""
+        if verb == "remove":
+            assert "--all" in rest and "--no-depmod" in rest
+            self.reg.pop(key, None)
+            self.diff.discard(key)
+            folder = self.tree / name / version
+            if folder.exists():
+                import shutil
+
+                shutil.rmtree(folder)
+            return 0, f"Deleting module {name}-{version} completely from the DKMS tree.\n", ""
+        raise AssertionError(f"unexpected dkms call {argv}")
+
+
+def pkg_files(name, version, c=GOOD_C):
+    return {
+        f"{name}.c": c,
+        "Kbuild": f"obj-m := {name}.o\n",
+        "dkms.conf": f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="{version}"\n',
+    }
+
+
+def pkg(name, version, c=GOOD_C, **extra):
+    return {"name": name, "version": version, "files": pkg_files(name, version, c), **extra}
+
+
+@pytest.fixture
+def dkms(tmp_path, monkeypatch):
+    fake = FakeDkms(tmp_path)
+    monkeypatch.setattr(kmodlab_dkms, "LIB_MODULES", str(fake.lib))
+    monkeypatch.setattr(kmodlab_dkms, "BOOT", str(tmp_path / "boot"))
+    monkeypatch.setattr(
+        kmodlab_dkms,
+        "FRAMEWORK_CONFS",
+        (str(tmp_path / "etc/dkms/framework.conf"), str(tmp_path / "etc/dkms/framework.conf.d")),
+    )
+    monkeypatch.setattr(kmodlab_dkms, "OS_RELEASE", str(tmp_path / "etc/os-release"))
+    # The signing key exists unless a test removes it (then the first build runs alone).
+    (fake.tree / "mok.key").write_text("key")
+    (fake.tree / "mok.pub").write_text("cert")
+    return fake
+
+
+def run(fake, packages, check=False, diff=False, bins=("dkms", "depmod"), **args):
+    params = {
+        "packages": packages,
+        "kernel": K,
+        "source_root": str(fake.src),
+        "dkms_tree": str(fake.tree),
+        "_ansible_check_mode": check,
+        "_ansible_diff": diff,
+        **args,
+    }
+    paths = {"dkms": DKMS, "depmod": DEPMOD}
+
+    def get_bin_path(_self, name, required=False, opt_dirs=None):
+        if name in bins:
+            return paths[name]
+        if required:
+            raise FailJson({"msg": f"Failed to find required executable {name}", "failed": True})
+        return None
+
+    with (
+        patch_module_args(params),
+        mock.patch.multiple(
+            basic.AnsibleModule,
+            exit_json=_exit_json,
+            fail_json=_fail_json,
+            get_bin_path=get_bin_path,
+        ),
+        mock.patch.object(basic.AnsibleModule, "run_command", autospec=True, side_effect=fake),
+    ):
+        try:
+            kmodlab_dkms.main()
+        except ExitJson as exc:
+            return exc.args[0]
+        except FailJson as exc:
+            return exc.args[0]
+    raise AssertionError("the module neither exited nor failed")
+
+
+def by_name(result):
+    return {p["name"]: p for p in result["packages"]}
+
+
+# -- first install, idempotence, check mode ------------------------------------------
+
+
+def test_new_package_is_written_added_built_installed(dkms):
+    res = run(dkms, [pkg("hello", "1.0")], fact_path=str(dkms.root / "facts.d/dkms.fact"))
+    assert res["failed_packages"] == [] and "failed" not in res
+    assert res["changed"] is True
+    p = by_name(res)["hello"]
+    assert p["actions"] == ["sources", "add", "build", "install"]
+    assert p["files_changed"] == ["Kbuild", "dkms.conf", "hello.c"]
+    assert (p["before"], p["after"], p["status"]) == ({}, {"1.0": "installed"}, "installed")
+    assert dkms.commands() == ["add hello/1.0", "build hello/1.0", "install hello/1.0"]
+    assert (dkms.src / "hello-1.0/hello.c").read_text() == GOOD_C
+    assert oct((dkms.src / "hello-1.0/hello.c").stat().st_mode & 0o777) == "0o644"
+    # one depmod, for the kernel, after the installs
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]
+    assert res["depmod"] == [K]
+    digest = dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256"
+    assert len(digest.read_text().strip()) == 64
+    fact = json.loads((dkms.root / "facts.d/dkms.fact").read_text())
+    assert fact == {
+        "hello": {
+            "version": "1.0",
+            "wanted_version": "1.0",
+            "kernel": K,
+            "status": "installed",
+            "result": "ok",
+        }
+    }
+    assert res["fact_changed"] is True
+
+
+def test_second_run_changes_nothing_and_only_reads_status(dkms):
+    fact = str(dkms.root / "facts.d/dkms.fact")
+    run(dkms, [pkg("hello", "1.0"), pkg("chardev", "2.0")], fact_path=fact)
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "1.0"), pkg("chardev", "2.0")], fact_path=fact)
+    assert res["changed"] is False and res["fact_changed"] is False
+    assert all(p["actions"] == [] and p["changed"] is False for p in res["packages"])
+    # one scoped status per package, nothing else
+    assert sorted(a[1:] for a in dkms.calls) == [
+        ["status", "-m", "chardev"],
+        ["status", "-m", "hello"],
+    ]
+
+
+def test_check_mode_reports_the_plan_and_runs_nothing(dkms):
+    fact = dkms.root / "facts.d/dkms.fact"
+    res = run(dkms, [pkg("hello", "1.0")], check=True, diff=True, fact_path=str(fact))
+    assert res["changed"] is True and res["fact_changed"] is True
+    p = by_name(res)["hello"]
+    assert p["actions"] == ["sources", "add", "build", "install"]
+    assert p["after"] == {"1.0": "installed"} and p["status"] == "installed"
+    assert res["depmod"] == [K]
+    # nothing written, nothing run but status
+    assert dkms.commands() == [] and dkms.depmods() == []
+    assert not (dkms.src / "hello-1.0").exists() and not fact.exists()
+    # diff: dkms status before/after and the new files
+    status_diff = res["diff"][0]
+    assert status_diff["before"] == ""
+    assert status_diff["after"] == f"hello/1.0, {K}, {ARCH}: installed\n"
+    assert {d["after_header"] for d in res["diff"][1:]} == {
+        str(dkms.src / "hello-1.0" / n) for n in ("Kbuild", "dkms.conf", "hello.c")
+    }
+
+
+def test_check_mode_on_a_converged_host_reports_no_change(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "1.0")], check=True)
+    assert res["changed"] is False and by_name(res)["hello"]["actions"] == []
+    assert dkms.commands() == []
+
+
+def test_old_dkms_status_format_is_understood(tmp_path, monkeypatch):
+    fake = FakeDkms(tmp_path, fmt="2")
+    monkeypatch.setattr(kmodlab_dkms, "LIB_MODULES", str(fake.lib))
+    (fake.tree / "mok.key").write_text("k")
+    (fake.tree / "mok.pub").write_text("c")
+    fake.register("hello", "1.0")
+    res = run(fake, [{"name": "hello", "version": "1.0"}])
+    assert res["changed"] is False
+    assert by_name(res)["hello"]["before"] == {"1.0": "installed"}
+
+
+# -- partial states ------------------------------------------------------------------
+
+
+def test_added_only_is_built_and_installed(dkms):
+    dkms.register("hello", "1.0", state="added")
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == ["build", "install"]
+    assert dkms.commands() == ["build hello/1.0", "install hello/1.0"]
+
+
+def test_built_only_is_installed(dkms):
+    dkms.register("hello", "1.0", state="built")
+    (dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256").write_text(
+        kmodlab_dkms.source_digest(str(dkms.src / "hello-1.0")) + "\n"
+    )
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == ["install"]
+
+
+def test_installed_for_another_kernel_only_is_built_for_this_one(dkms):
+    dkms.register("hello", "1.0", kernel="6.1.0-99-amd64")
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == ["build", "install"]
+    assert dkms.reg[("hello", "1.0")] == {"6.1.0-99-amd64": "installed", K: "installed"}
+
+
+def test_changed_sources_rebuild_the_same_version(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "1.0", c=GOOD_C + "/* edited */\n")])
+    p = by_name(res)["hello"]
+    assert p["files_changed"] == ["hello.c"]
+    assert p["actions"] == ["sources", "remove 1.0", "add", "build", "install"]
+    assert p["changed"] is True and p["status"] == "installed"
+
+
+def test_sources_edited_behind_our_back_are_noticed_by_their_digest(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    (dkms.src / "hello-1.0/hello.c").write_text(GOOD_C + "// by hand\n")
+    dkms.calls.clear()
+    res = run(dkms, [{"name": "hello", "version": "1.0"}])  # no files: use what is there
+    assert by_name(res)["hello"]["actions"] == ["remove 1.0", "add", "build", "install"]
+
+
+def test_a_build_made_elsewhere_is_adopted_not_rebuilt(dkms):
+    dkms.register("hello", "1.0")  # e.g. dkms autoinstall: no digest recorded
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert res["changed"] is False and dkms.commands() == []
+    assert (dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256").is_file()
+
+
+def test_missing_sources_never_tear_down_a_working_module(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    import shutil
+
+    shutil.rmtree(dkms.src / "hello-1.0")
+    dkms.calls.clear()
+    res = run(dkms, [{"name": "hello", "version": "1.0"}])
+    assert res["changed"] is False and dkms.commands() == []
+    assert by_name(res)["hello"]["status"] == "installed"
+
+
+def test_installed_module_that_differs_from_its_build_is_reinstalled(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.diff.add(("hello", "1.0"))
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == ["uninstall", "install"]
+    assert res["changed"] is True and dkms.depmods() == [[DEPMOD, "-a", K]]
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+def test_failed_build_returns_the_log_tail_and_is_cleaned_up(dkms):
+    res = run(dkms, [pkg("broken", "0.1", c=BAD_C)], log_lines=5)
+    assert res["failed"] is True
+    assert res["failed_packages"] == ["broken"]
+    assert "broken 0.1: build failed" in res["msg"]
+    p = by_name(res)["broken"]
+    assert p["failed"] is True and p["step"] == "build" and p["rc"] == 10
+    assert len(p["log_tail"]) == 5
+    assert p["log_tail"][-1].endswith("error: 'no_such_symbol' undeclared here")
+    assert p["log_path"] == str(dkms.tree / "broken/0.1/build/make.log")
+    assert "fix the module's sources" in p["msg"]
+    assert "Bad return status" in p["stderr"]
+    # the version this run added is gone again, its sources stay for debugging
+    assert ("broken", "0.1") not in dkms.reg
+    assert (dkms.src / "broken-0.1/broken.c").is_file()
+    assert p["actions"] == ["sources", "add", "remove 0.1 (cleanup)"]
+    assert dkms.depmods() == []
+
+
+def test_failed_build_without_cleanup_stays_added(dkms):
+    res = run(dkms, [pkg("broken", "0.1", c=BAD_C)], cleanup_failed=False)
+    assert res["failed_packages"] == ["broken"]
+    assert dkms.reg[("broken", "0.1")] == {}
+
+
+def test_one_of_two_fails_the_other_is_built_and_installed(dkms):
+    fact = dkms.root / "facts.d/dkms.fact"
+    res = run(
+        dkms,
+        [pkg("broken", "0.1", c=BAD_C), pkg("hello", "1.0")],
+        fact_path=str(fact),
+    )
+    assert res["failed"] is True and res["failed_packages"] == ["broken"]
+    assert "1 of 2 package(s)" in res["msg"]
+    hello = by_name(res)["hello"]
+    assert hello["failed"] is False and hello["status"] == "installed"
+    assert dkms.reg[("hello", "1.0")] == {K: "installed"}
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]
+    facts = json.loads(fact.read_text())
+    assert facts["hello"]["result"] == "ok"
+    assert facts["broken"] == {
+        "version": "0.1",
+        "wanted_version": "0.1",
+        "kernel": K,
+        "status": "absent",
+        "result": "failed",
+    }
+
+
+def test_an_install_that_exits_0_but_installs_nothing_is_a_failure(dkms):
+    dkms.install_refuses.add("hello")
+    res = run(dkms, [pkg("hello", "1.0")])
+    p = by_name(res)["hello"]
+    assert p["failed"] is True and p["step"] == "install"
+    assert "exited 0 but dkms status says" in p["msg"]
+
+
+def test_missing_headers_fail_before_anything_runs(dkms):
+    import shutil
+
+    shutil.rmtree(dkms.lib / K)
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert res["failed"] is True and "no kernel headers for " + K in res["msg"]
+    assert "kernel_headers" in res["msg"]
+    assert dkms.commands() == [] and not (dkms.src / "hello-1.0").exists()
+
+
+def test_missing_headers_in_check_mode_warn(dkms):
+    import shutil
+
+    shutil.rmtree(dkms.lib / K)
+    res = run(dkms, [pkg("hello", "1.0")], check=True)
+    assert res["changed"] is True and "failed" not in res
+
+
+def test_no_dkms_fails_with_what_to_do(dkms):
+    res = run(dkms, [pkg("hello", "1.0")], bins=("depmod",))
+    assert res["failed"] is True
+    assert "dkms is not installed" in res["msg"] and "kernel_headers" in res["msg"]
+
+
+def test_no_dkms_in_check_mode_plans_everything(dkms):
+    res = run(dkms, [pkg("hello", "1.0")], check=True, bins=("depmod",))
+    assert "failed" not in res
+    assert by_name(res)["hello"]["actions"] == ["sources", "add", "build", "install"]
+    assert dkms.calls == []
+
+
+def test_bad_dkms_conf_fails_at_add(dkms):
+    files = pkg_files("hello", "1.0")
+    files["dkms.conf"] = "garbage\n"
+    res = run(dkms, [{"name": "hello", "version": "1.0", "files": files}])
+    p = by_name(res)["hello"]
+    assert p["step"] == "add" and p["rc"] == 8 and "dkms.conf" in p["msg"]
+
+
+# -- versions ----------------------------------------------------------------------------
+
+
+def test_new_version_replaces_the_old_one_after_it_is_installed(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")])
+    p = by_name(res)["hello"]
+    assert p["actions"] == [
+        "sources",
+        "add",
+        "build",
+        "install",
+        "remove 1.0",
+        f"delete {dkms.src}/hello-1.0",
+    ]
+    assert p["before"] == {"1.0": "installed"} and p["after"] == {"2.0": "installed"}
+    assert p["removed_versions"] == ["1.0"]
+    # the old one goes only after the new one is installed (with the version override)
+    assert dkms.commands() == [
+        "add hello/2.0",
+        "build hello/2.0",
+        "install hello/2.0",
+        "remove hello/1.0",
+    ]
+    install = next(a for a in dkms.calls if a[1] == "install")
+    assert "--force-version-override" in install
+    assert not (dkms.src / "hello-1.0").exists()
+    assert dkms.reg == {("hello", "2.0"): {K: "installed"}}
+
+
+def test_downgrade_works_the_same_way(dkms):
+    run(dkms, [pkg("hello", "2.0")])
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["after"] == {"1.0": "installed"}
+    assert ("hello", "1.0") not in dkms.diff
+
+
+def test_failed_new_version_keeps_the_old_one_installed(dkms):
+    fact = dkms.root / "facts.d/dkms.fact"
+    run(dkms, [pkg("hello", "1.0")], fact_path=str(fact))
+    res = run(dkms, [pkg("hello", "2.0", c=BAD_C)], fact_path=str(fact))
+    p = by_name(res)["hello"]
+    assert p["failed"] is True and p["step"] == "build"
+    assert p["after"] == {"1.0": "installed"} and p["status"] == "absent"
+    assert dkms.reg == {("hello", "1.0"): {K: "installed"}}
+    assert (dkms.src / "hello-1.0").is_dir()
+    assert json.loads(fact.read_text())["hello"] == {
+        "version": "1.0",
+        "wanted_version": "2.0",
+        "kernel": K,
+        "status": "installed",
+        "result": "failed",
+    }
+
+
+def test_check_mode_predicts_the_replacement(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], check=True, diff=True)
+    p = by_name(res)["hello"]
+    assert p["removed_versions"] == ["1.0"] and p["after"] == {"2.0": "installed"}
+    assert dkms.commands() == []
+    assert res["diff"][0]["before"] == f"hello/1.0, {K}, {ARCH}: installed\n"
+    assert res["diff"][0]["after"] == f"hello/2.0, {K}, {ARCH}: installed\n"
+
+
+def test_leftovers_of_other_versions_go_once_the_wanted_one_is_installed(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    run(dkms, [pkg("hello", "2.0", c=BAD_C)])  # leaves /usr/src/hello-2.0
+    # a folder of another package whose name starts alike must survive
+    (dkms.src / "hello-extra-1.0").mkdir()
+    (dkms.src / "hello-extra-1.0/dkms.conf").write_text('PACKAGE_NAME="hello-extra"\n')
+    res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == [f"delete {dkms.src}/hello-2.0"]
+    assert (dkms.src / "hello-extra-1.0").is_dir()
+
+
+# -- absent --------------------------------------------------------------------------------
+
+
+def test_absent_removes_every_version_and_its_sources(dkms):
+    fact = dkms.root / "facts.d/dkms.fact"
+    run(dkms, [pkg("hello", "1.0")], fact_path=str(fact))
+    dkms.register("hello", "0.9", state="built", kernel="6.1.0-99-amd64")
+    dkms.calls.clear()
+    res = run(dkms, [{"name": "hello", "version": "1.0", "state": "absent"}], fact_path=str(fact))
+    p = by_name(res)["hello"]
+    assert res["changed"] is True and p["removed_versions"] == ["0.9", "1.0"]
+    assert p["after"] == {} and p["status"] == "absent"
+    assert dkms.commands() == ["remove hello/0.9", "remove hello/1.0"]
+    assert not list(dkms.src.iterdir())
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]  # 1.0 was installed here
+    assert json.loads(fact.read_text()) == {}
+    again = run(dkms, [{"name": "hello", "version": "1.0", "state": "absent"}], fact_path=str(fact))
+    assert again["changed"] is False
+
+
+# -- concurrency -----------------------------------------------------------------------
+
+
+def test_builds_run_concurrently(dkms):
+    dkms.build_delay = 0.3
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
+    assert res["failed_packages"] == []
+    assert dkms.max_running == 3
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]
+
+
+def test_jobs_limits_the_concurrent_builds(dkms):
+    dkms.build_delay = 0.1
+    run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=1)
+    assert dkms.max_running == 1
+
+
+def test_without_a_signing_key_the_first_build_runs_alone(dkms):
+    (dkms.tree / "mok.key").unlink()
+    dkms.build_delay = 0.3
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
+    assert res["failed_packages"] == []
+    builds = [i for i, a in enumerate(dkms.calls) if a[1] == "build"]
+    installs = [i for i, a in enumerate(dkms.calls) if a[1] == "install"]
+    # dkms generates its key on the first build: no other build starts before it is done
+    assert len(builds) == 3 and builds[0] < installs[0] < builds[1]
+    assert dkms.max_running == 2
+
+
+# -- input checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("package", "message"),
+    [
+        (
+            {"name": "hello", "version": "1.0", "source_path": "/opt/hello"},
+            "dkms adds sources only from",
+        ),
+        ({"name": "hel lo", "version": "1.0"}, "not a valid DKMS name"),
+        ({"name": "hello", "version": "1/0"}, "not a valid DKMS version"),
+        ({"name": "hello", "version": "1.0", "files": {"../x.c": ""}}, "must be relative"),
+        ({"name": "hello", "version": "1.0", "files": {"/etc/x": ""}}, "must be relative"),
+    ],
+)
+def test_bad_input_fails_with_a_message(dkms, package, message):
+    res = run(dkms, [package])
+    assert res["failed"] is True and message in res["msg"], res["msg"]
+    assert dkms.calls == []
+
+
+def test_a_package_listed_twice_fails(dkms):
+    res = run(dkms, [pkg("hello", "1.0"), pkg("hello", "2.0")])
+    assert "listed twice" in res["msg"]
+
+
+# -- the module file itself ----------------------------------------------------------------
+
+
+def _doc_to_spec(options):
+    spec = {}
+    for name, doc in options.items():
+        entry = {"type": doc.get("type", "str")}
+        for key in ("required", "default", "choices", "elements"):
+            if key in doc and not (key == "required" and doc[key] is False):
+                entry[key] = doc[key]
+        if "suboptions" in doc:
+            entry["options"] = _doc_to_spec(doc["suboptions"])
+        spec[name] = entry
+    return spec
+
+
+def test_documentation_options_match_the_argument_spec():
+    doc = yaml.safe_load(kmodlab_dkms.DOCUMENTATION)
+    assert _doc_to_spec(doc["options"]) == kmodlab_dkms.ARGUMENT_SPEC
+    assert doc["attributes"]["check_mode"]["support"] == "full"
+    assert doc["attributes"]["diff_mode"]["support"] == "full"
+    for option in doc["options"].values():
+        assert option.get("description"), option
+
+
+def test_examples_and_return_are_valid_yaml():
+    examples = yaml.safe_load(kmodlab_dkms.EXAMPLES)
+    assert all("kmodlab_dkms" in task for task in examples)
+    returned = yaml.safe_load(kmodlab_dkms.RETURN)
+    for key in ("kernel", "packages", "failed_packages", "depmod", "fact_changed"):
+        assert returned[key]["description"] and returned[key]["returned"]
+    result_keys = set(returned["packages"]["contains"])
+    assert {"name", "version", "before", "after", "changed", "actions", "log_tail"} <= result_keys
+
+
+def test_returned_package_keys_are_all_documented(dkms):
+    res = run(dkms, [pkg("broken", "0.1", c=BAD_C), pkg("hello", "1.0")])
+    documented = set(yaml.safe_load(kmodlab_dkms.RETURN)["packages"]["contains"])
+    for p in res["packages"]:
+        assert set(p) <= documented, set(p) - documented
+    top = set(yaml.safe_load(kmodlab_dkms.RETURN)) | {"changed", "failed", "msg", "diff"}
+    assert set(res) <= top, set(res) - top
+
+
+def test_the_module_does_not_import_kmodlab():
+    """Targets do not have the kmodlab package; only ansible.module_utils may be imported."""
+    for path in (LIBRARY, *MODULE_UTILS.glob("kmodlab_dkms*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n == "kmodlab" or n.startswith("kmodlab.") for n in names), path
