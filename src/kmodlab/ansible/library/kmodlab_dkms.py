@@ -4,6 +4,27 @@
 
 Runs on the managed host. It must not import ``kmodlab`` (not installed there); shared
 target-side code lives in ``module_utils/kmodlab_dkms_status.py``.
+
+Concurrency, reasoned rather than measured:
+
+* ``dkms build`` of different packages in parallel is safe: dkms 3.0.10 builds in
+  ``$dkms_tree/NAME/VERSION/build`` and stores the result in
+  ``$dkms_tree/NAME/VERSION/KERNEL/ARCH``, both per package; the kernel's build tree is
+  only read. Each build is CPU-bound (gcc, modpost) and mostly serial, so one build per
+  CPU uses an emulated guest's vCPUs. The one shared write is the signing key dkms
+  generates on its first build (``/var/lib/dkms/mok.key``): when it is missing, the first
+  build runs alone.
+* ``dkms install`` steps run one at a time, with ``--no-depmod``: each would otherwise run
+  ``depmod -a`` (tens of seconds in a TCG guest), and concurrent depmods rewrite the same
+  ``modules.dep``. One ``depmod -a KERNEL`` runs at the end. Installs start as soon as
+  their build is done, while other builds go on (an install only copies files).
+* ``dkms status`` only reads, so the per-package status calls run in parallel too.
+* Worker threads call ``AnsibleModule.run_command``: it builds its own environment copy,
+  runs the argument list with ``subprocess.Popen`` (no shell) and touches no shared state;
+  its ``preexec_fn`` only sets a umask when one is asked for (never here), and
+  ``handle_exceptions=False`` keeps it from calling ``fail_json`` inside a thread. Results
+  are written by each worker to its own package only; everything else happens in the
+  main thread.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -446,7 +467,7 @@ class Dkms:
     # -- commands ---------------------------------------------------------------------
 
     def run(self, argv):
-        """Run one command (argument list, never a shell); safe to call from threads."""
+        """Run one command (argument list, never a shell); safe from threads (see top)."""
         return self.module.run_command(argv, environ_update=C_LOCALE, handle_exceptions=False)
 
     def dkms(self, *args):
