@@ -47,7 +47,7 @@ def new_report() -> dict[str, Any]:
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "exitstatus": None,
-        "summary": {"passed": 0, "failed": 0, "skipped": 0, "error": 0, "text": ""},
+        "summary": {"passed": 0, "failed": 0, "skipped": 0, "text": "", "lines": []},
         "hosts": [],
     }
 
@@ -111,7 +111,23 @@ def finish(report: dict[str, Any], exitstatus: int) -> dict[str, Any]:
     s["text"] = f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped" + (
         f"; failing: {', '.join(broken)}" if broken else ""
     )
+    s["lines"] = failure_lines(report)
     return report
+
+
+def failure_lines(report: dict[str, Any]) -> list[str]:
+    """One line per failure: ``host/module [stage] test: first problem``."""
+    lines = []
+    for host in report.get("hosts", []):
+        for problem in host.get("problems", []):
+            lines.append(f"{host['host']}: {_first_line(problem)}")
+        for mod in host.get("modules", []):
+            for failure in mod.get("failures", []):
+                lines.append(
+                    f"{host['host']}/{mod['name']} [{failure['stage']}] {failure['test']}: "
+                    f"{_first_line(failure['message'])}"
+                )
+    return lines
 
 
 def write(report: dict[str, Any], directory: str | Path) -> Path:
@@ -159,9 +175,8 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     table.add_column("state")
     for stage in STAGES:
         table.add_column(stage, justify="center")
-    failures: list[Text] = []
     for host in report.get("hosts", []):
-        for problem in host.get("problems", []):
+        if host.get("problems"):
             table.add_row(
                 host["host"],
                 Text("(host)", style="italic"),
@@ -169,7 +184,6 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
                 "",
                 *[Text("FAIL", style=_STYLE["fail"]) for _ in STAGES],
             )
-            failures.append(Text(f"{host['host']}: {_first_line(problem)}", style="red"))
         for mod in host.get("modules", []):
             cells = [
                 Text(
@@ -181,24 +195,26 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
             table.add_row(
                 host["host"], mod["name"], mod.get("version") or "", mod.get("state") or "", *cells
             )
-            for failure in mod.get("failures", []):
-                failures.append(
-                    Text(
-                        f"{host['host']}/{mod['name']} [{failure['stage']}] {failure['test']}: "
-                        f"{_first_line(failure['message'])}",
-                        style="red",
-                    )
-                )
     parts: list[RenderableType] = [table]
-    if failures:
+    lines = failure_lines(report)
+    if lines:
         parts.append(Text("Failures:", style="bold red"))
-        parts.extend(failures)
+        parts.extend(Text(line, style="red") for line in lines)
     return Group(*parts)
 
 
 def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
-    """The report as plain text (no colours), e.g. for Ansible's output."""
+    """The report as plain text (no colours): the table, then one unwrapped line per
+    failure (e.g. for Ansible's output, where each line becomes a list item)."""
+    report = load(source)
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
-    console.print(render_report(source, ascii_only=True))
-    return buffer.getvalue()
+    table = render_report(report, ascii_only=True)
+    assert isinstance(table, Group)
+    console.print(table.renderables[0])
+    lines = failure_lines(report)
+    if lines:
+        console.print("Failures:", soft_wrap=True)
+        for line in lines:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
