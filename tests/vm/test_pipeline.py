@@ -1,0 +1,179 @@
+"""The module pipeline on a real VM: molecule default (lab.yml converge, idempotence,
+testinfra verify), then bad input, each proven on the converged VM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from vmhelpers import PLAIN, ROOT, Guest
+
+VENV = ROOT / ".venv/bin"
+
+
+def _env(guest: Guest) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{VENV}:{os.environ['PATH']}",
+        "KMODLAB_LAB_DIR": str(guest.lab.path),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def playbook(guest: Guest, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", PLAIN, *args],
+        cwd=ROOT,
+        env=_env(guest),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+
+
+def recap(output: str) -> dict[str, int]:
+    line = next(ln for ln in output.splitlines() if ln.startswith(f"{PLAIN} ") and "ok=" in ln)
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
+@pytest.fixture(scope="module")
+def converged(plain: Guest) -> Guest:
+    """molecule default on the plain VM: converge, idempotence (changed=0), verify."""
+    env = {**_env(plain), "KMODLAB_MOLECULE_VM": PLAIN}
+    proc = subprocess.run(
+        [str(VENV / "molecule"), "test", "-s", "default"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    Path(plain.lab.path / "molecule-default.log").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+    return plain
+
+
+def test_molecule_default_converges_idempotently_and_verifies(converged: Guest) -> None:
+    log = (converged.lab.path / "molecule-default.log").read_text()
+    assert "idempotence" in log.lower()
+    # molecule adopted the running VM and left it running (it did not boot it).
+    assert converged.run("echo alive").strip() == "alive"
+
+
+def test_all_ten_modules_loaded(converged: Guest) -> None:
+    manifests = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
+    assert len(manifests) >= 10
+    loaded = converged.run("cut -d' ' -f1 /proc/modules").split()
+    for name in manifests:
+        assert name.replace("-", "_") in loaded, name
+
+
+def test_unknown_module_rejected_before_any_host_is_touched(converged: Guest) -> None:
+    before = converged.run("sudo stat -c %Y /etc/ansible/facts.d/kmodlab_dkms_module.fact")
+    proc = playbook(converged, "-e", json.dumps({"kmodlab_modules": [{"name": "no-such-mod"}]}))
+    assert proc.returncode != 0
+    assert "unknown module 'no-such-mod'" in proc.stdout
+    assert recap(proc.stdout).get("changed", 0) == 0
+    after = converged.run("sudo stat -c %Y /etc/ansible/facts.d/kmodlab_dkms_module.fact")
+    assert before == after
+
+
+def test_wrong_parameter_type_rejected_naming_module_and_parameter(converged: Guest) -> None:
+    entries = [{"name": "hello-5", "params": {"mylong": "hello"}}]
+    proc = playbook(converged, "-e", json.dumps({"kmodlab_modules": entries}))
+    assert proc.returncode != 0
+    assert "hello-5" in proc.stdout and "mylong" in proc.stdout
+    assert "'hello' is not an integer" in proc.stdout
+    assert recap(proc.stdout).get("changed", 0) == 0
+    # Still loaded with the lab's value, not defaults.
+    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == "42"
+
+
+@pytest.fixture
+def manifests_copy(tmp_path: Path) -> Path:
+    dest = tmp_path / "modules"
+    shutil.copytree(ROOT / "modules", dest)
+    return dest
+
+
+def test_broken_manifest_names_file_and_field(converged: Guest, manifests_copy: Path) -> None:
+    path = manifests_copy / "hello-1" / "module.yml"
+    data = yaml.safe_load(path.read_text())
+    del data["license"]
+    path.write_text(yaml.safe_dump(data))
+    proc = playbook(converged, "-e", f"kmodlab_manifest_dir={manifests_copy}")
+    assert proc.returncode != 0
+    assert f"{path}" in proc.stdout and "field license" in proc.stdout
+    assert recap(proc.stdout).get("changed", 0) == 0
+
+
+def test_kernel_rejects_parameter_previous_config_restored(
+    converged: Guest, manifests_copy: Path
+) -> None:
+    """A value the schema lets through (mylong typed charp in a wrong manifest) but the
+    kernel refuses: the play names module, parameter and the kernel's message, and the
+    good configuration is loaded again."""
+    path = manifests_copy / "hello-5" / "module.yml"
+    data = yaml.safe_load(path.read_text())
+    for p in data["parameters"]:
+        if p["name"] == "mylong":
+            p["type"] = "charp"
+            p["default"] = "9999"
+    data["lab"]["params"]["mylong"] = "hello"
+    path.write_text(yaml.safe_dump(data))
+    proc = playbook(
+        converged, "-e", f"kmodlab_manifest_dir={manifests_copy}", "--tags", "kmod_load"
+    )
+    out = proc.stdout
+    assert proc.returncode != 0, out[-3000:]
+    assert "hello-5" in out or "hello_5" in out
+    assert "mylong" in out
+    assert "invalid for parameter" in out, out[-3000:]
+    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == "42"
+    assert converged.run("sudo cat /sys/module/hello_5/parameters/mylong").strip() == (
+        "1234567890123"
+    )
+
+
+def test_fixed_major_taken_names_major_and_owner(converged: Guest) -> None:
+    devices = converged.run("cat /proc/devices")
+    major = re.search(r"^\s*(\d+) chardev$", devices, re.M)
+    assert major, devices
+    entries = [{"name": "memory", "params": {"major": int(major.group(1))}}]
+    proc = playbook(
+        converged, "-e", json.dumps({"kmodlab_host_modules": entries}), "--tags", "kmod_load"
+    )
+    out = proc.stdout
+    assert proc.returncode != 0
+    assert major.group(1) in out and "chardev" in out, out[-3000:]
+    # memory is back on its good major.
+    assert re.search(r"^\s*60 memory$", converged.run("cat /proc/devices"), re.M)
+
+
+def test_module_that_does_not_compile_others_still_verified(
+    converged: Guest, manifests_copy: Path
+) -> None:
+    src = manifests_copy / "hello-2"
+    data = yaml.safe_load((src / "module.yml").read_text())
+    data["version"] = "1.0.1"
+    (src / "module.yml").write_text(yaml.safe_dump(data))
+    c_file = next(src.glob("*.c"))
+    c_file.write_text(c_file.read_text() + "\nthis is not C;\n")
+    proc = playbook(converged, "-e", f"kmodlab_manifest_dir={manifests_copy}")
+    out = proc.stdout
+    assert proc.returncode != 0
+    assert ("hello-2" in out and "make.log" in out.lower()) or "error:" in out, out[-4000:]
+    # The old, good hello-2 is still installed and loaded; the others verified.
+    assert "hello_2" in converged.run("cut -d' ' -f1 /proc/modules").split()
+    assert "1.0.0" in converged.run("sudo dkms status hello-2")
