@@ -1,0 +1,257 @@
+"""The kmodlab_kmod_params probe module against a fake /sys, /proc, /dev/kmsg and /etc.
+
+The module reads everything under its ``root`` option; here that is a tmp dir laid out
+like a host with hello_5 loaded. ``run_command`` (modinfo, dmesg) is mocked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kmodlab.ansible.module_utils import kmodlab_kmod
+from kmodlab.selection import resolve
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
+FACT = "/etc/ansible/facts.d/kmodlab_kmod_load.fact"
+
+# The module imports its helpers as Ansible module_utils; on the controller they are
+# the same file inside the kmodlab package.
+sys.modules.setdefault("ansible.module_utils.kmodlab_kmod", kmodlab_kmod)
+_spec = importlib.util.spec_from_file_location(
+    "kmodlab_kmod_params", REPO / "src/kmodlab/ansible/library/kmodlab_kmod_params.py"
+)
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
+
+
+class Failed(Exception):
+    pass
+
+
+class FakeModule:
+    def __init__(self, params: dict[str, Any], check_mode: bool = False, modinfo: str = ""):
+        self.params = {"fact_path": FACT, "kernel_log_since": None, "root": "/", **params}
+        self.check_mode = check_mode
+        self.modinfo = modinfo
+        self.commands: list[list[str]] = []
+
+    def get_bin_path(self, name, required=False):
+        return f"/usr/bin/{name}"
+
+    def run_command(self, argv):
+        self.commands.append(argv)
+        if argv[0].endswith("modinfo"):
+            return (0, self.modinfo, "") if self.modinfo else (1, "", "not found")
+        return 1, "", "no dmesg here"
+
+    def fail_json(self, **kwargs):
+        raise Failed(kwargs)
+
+
+def write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    os.chmod(target, mode)
+
+
+def records(*entries):
+    return resolve(MODULES, list(entries))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """hello_5 loaded with its lab parameters; memory on major 60; a kernel log."""
+    root = tmp_path / "root"
+    base = "/sys/module/hello_5"
+    write(root, f"{base}/initstate", "live\n")
+    write(root, f"{base}/refcnt", "0\n")
+    (root / base.lstrip("/") / "holders").mkdir(parents=True)
+    for name, text, mode in (
+        ("myint", "42\n", 0o644),
+        ("mylong", "9999\n", 0o640),
+        ("mystring", "hello lab\n", 0o444),
+        ("mybool", "N\n", 0o644),
+        ("myintarray", "10,-20,30\n", 0o600),
+    ):
+        write(root, f"{base}/parameters/{name}", text, mode)
+    write(root, "/proc/devices", "Character devices:\n  1 mem\n 60 memory\n\nBlock devices:\n")
+    write(
+        root,
+        "/dev/kmsg",
+        "6,1,1,-;Linux version\n6,2,2,-;hello_5: hello, world; myint=42\n",
+    )
+    fact = {
+        "modules": {
+            "hello-5": {
+                "kmod": "hello_5",
+                "version": "1.0.0",
+                "state": "present",
+                "persist": True,
+                "params": {
+                    "myint": 42,
+                    "myshort": 7,
+                    "mystring": "hello lab",
+                    "myintarray": [10, -20, 30],
+                },
+            }
+        }
+    }
+    write(root, FACT, json.dumps(fact))
+    write(root, "/etc/modprobe.d/hello-5.conf", "options hello_5 myint=42\n")
+    return root
+
+
+def test_documentation_and_argument_spec_agree():
+    doc = yaml.safe_load(probe.DOCUMENTATION)
+    options = doc["options"]
+    assert set(options) == set(probe.ARGUMENT_SPEC)
+    for name, spec in probe.ARGUMENT_SPEC.items():
+        opt = options[name]
+        assert opt["type"] == spec["type"], name
+        assert opt.get("default") == spec.get("default"), name
+        assert bool(opt.get("required", False)) == bool(spec.get("required", False)), name
+        assert opt.get("elements") == spec.get("elements"), name
+        assert opt.get("description"), name
+    assert doc["attributes"]["check_mode"]["support"] == "full"
+    assert yaml.safe_load(probe.EXAMPLES)
+    assert yaml.safe_load(probe.RETURN)
+
+
+def test_return_documents_every_key(host: Path):
+    out = probe.run(FakeModule({"modules": records({"name": "hello-5"}), "root": str(host)}))
+    documented = yaml.safe_load(probe.RETURN)
+    assert set(out) - {"changed"} == set(documented)
+    entry_keys = set(documented["modules"]["contains"])
+    since_only = {"kernel_log", "param_errors", "messages_missing"}
+    assert set(out["modules"][0]) == entry_keys - since_only
+    since = probe.run(
+        FakeModule(
+            {"modules": records({"name": "hello-5"}), "root": str(host), "kernel_log_since": 0}
+        )
+    )
+    assert set(since["modules"][0]) == entry_keys
+
+
+def test_unchanged_host_plans_nothing(host: Path):
+    recs = records({"name": "hello-5"})
+    content = "options hello_5 myint=42\n"
+    recs[0]["files"] = {
+        "/etc/modprobe.d/hello-5.conf": content,
+        "/etc/modules-load.d/hello-5.conf": None,
+    }
+    module = FakeModule({"modules": recs, "root": str(host)})
+    out = probe.run(module)
+    assert out["changed"] is False
+    assert out["load"] == [] and out["unload"] == []
+    m = out["modules"][0]
+    assert m["loaded"] is True and m["action"] == "none" and m["mismatches"] == []
+    assert m["live"]["myintarray"] == "10,-20,30"
+    assert m["wanted"] == {
+        "myint": "42",
+        "myintarray": "10,-20,30",
+        "myshort": "7",
+        "mystring": "hello lab",
+    }
+    assert m["files_changed"] == []
+    assert m["recorded"]["params"]["myshort"] == 7
+    assert out["kernel_log_cursor"] == 2 and out["kernel_log_source"] == "kmsg"
+    assert out["fact"]["exists"] is True
+    # check mode is the same read
+    assert probe.run(FakeModule({"modules": recs, "root": str(host)}, check_mode=True)) == out
+
+
+def test_mismatch_and_files_are_reported(host: Path):
+    (host / "sys/module/hello_5/parameters/myint").write_text("5\n")
+    recs = records({"name": "hello-5"}, {"name": "memory"})
+    recs[0]["files"] = {
+        "/etc/modprobe.d/hello-5.conf": "new\n",
+        "/etc/modules-load.d/hello-5.conf": "hello_5\n",
+    }
+    out = probe.run(FakeModule({"modules": recs, "root": str(host)}))
+    hello = next(m for m in out["modules"] if m["name"] == "hello-5")
+    memory = next(m for m in out["modules"] if m["name"] == "memory")
+    assert hello["mismatches"] == [{"param": "myint", "wanted": "42", "live": "5"}]
+    assert hello["action"] == "reload"
+    assert hello["files"]["/etc/modprobe.d/hello-5.conf"]["content"] == "options hello_5 myint=42\n"
+    assert sorted(hello["files_changed"]) == [
+        "/etc/modprobe.d/hello-5.conf",
+        "/etc/modules-load.d/hello-5.conf",
+    ]
+    assert hello["previous"]["params"]["myint"] == "5"
+    assert hello["previous"]["params"]["myshort"] == "7"
+    # memory is not loaded; major 60 in /proc/devices carries its own device name
+    # ("memory"), which is not another driver's: no conflict.
+    assert memory["action"] == "load" and out["conflicts"] == []
+    assert out["load"] == ["hello-5", "memory"] and out["unload"] == ["hello-5"]
+
+
+def test_major_owner_conflict(host: Path):
+    (host / "proc/devices").write_text("Character devices:\n 60 othermem\n")
+    out = probe.run(FakeModule({"modules": records({"name": "memory"}), "root": str(host)}))
+    assert "major 60" in out["conflicts"][0] and "'othermem'" in out["conflicts"][0]
+
+
+def test_installed_build_change_reloads(host: Path):
+    (host / "sys/module/hello_5/srcversion").write_text("AAA\n")
+    module = FakeModule(
+        {"modules": records({"name": "hello-5"}), "root": str(host)},
+        modinfo="filename: /lib/modules/x/updates/dkms/hello-5.ko\nsrcversion:     BBB\n",
+    )
+    out = probe.run(module)
+    assert out["modules"][0]["installed"]["srcversion"] == "BBB"
+    assert out["modules"][0]["action"] == "reload"
+    assert module.commands[0][-3:] == ["-b", str(host), "hello_5"]
+
+
+def test_kernel_log_since_cursor(host: Path):
+    with open(host / "dev/kmsg", "a") as handle:
+        handle.write(
+            "3,3,3,-;hello_5: `hello' invalid for parameter `mylong'\n6,4,4,-;other: noise\n"
+        )
+    out = probe.run(
+        FakeModule(
+            {"modules": records({"name": "hello-5"}), "root": str(host), "kernel_log_since": 2}
+        )
+    )
+    m = out["modules"][0]
+    assert m["kernel_log"] == ["hello_5: `hello' invalid for parameter `mylong'"]
+    assert m["param_errors"] == [
+        {
+            "param": "mylong",
+            "value": "hello",
+            "message": "hello_5: `hello' invalid for parameter `mylong'",
+        }
+    ]
+    # the load pattern was printed before the cursor: not seen since
+    assert m["messages_missing"]["load"] == ["hello_5: hello, world; myint=-?[0-9]+"]
+    assert m["messages_missing"]["unload"] == ["hello_5: goodbye, world"]
+    assert out["kernel_log_cursor"] == 4
+
+
+def test_unrepresentable_wanted_value_fails_naming_the_module(host: Path):
+    recs = records({"name": "hello-5", "params": {"mystring": 'say "hi"'}})
+    with pytest.raises(Failed) as exc:
+        probe.run(FakeModule({"modules": recs, "root": str(host)}))
+    assert "hello-5: parameter mystring" in exc.value.args[0]["msg"]
+
+
+def test_record_without_keys_fails(host: Path):
+    with pytest.raises(Failed, match="lacks 'kmod'"):
+        probe.run(FakeModule({"modules": [{"name": "x", "state": "present"}], "root": str(host)}))
+
+
+def test_no_fact_no_kmsg(tmp_path: Path):
+    out = probe.run(FakeModule({"modules": records({"name": "base"}), "root": str(tmp_path)}))
+    assert out["fact"] == {"path": FACT, "exists": False, "content": None, "data": None}
+    assert out["kernel_log_cursor"] is None and out["kernel_log_source"] == "none"
+    assert out["modules"][0]["action"] == "load"

@@ -1,0 +1,254 @@
+"""Parameter values as the kernel takes and shows them, and the kmod_load plan.
+
+Unit tests of src/kmodlab/ansible/module_utils/kmodlab_kmod.py (shared by the probe
+module on the target and the filters on the controller).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from kmodlab.ansible.module_utils import kmodlab_kmod as k
+from kmodlab.selection import resolve
+
+MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
+
+
+def decl(ptype, array=False, perm="0644", name="p", default=0):
+    return {"name": name, "type": ptype, "array": array, "perm": perm, "default": default}
+
+
+@pytest.mark.parametrize(
+    ("ptype", "value", "text"),
+    [
+        ("bool", True, "Y"),
+        ("bool", False, "N"),
+        ("bool", 1, "Y"),
+        ("bool", "n", "N"),
+        ("invbool", True, "Y"),  # the kernel shows invbool in the sense given
+        ("int", -20, "-20"),
+        ("long", 1234567890123, "1234567890123"),
+        ("ulong", "0x10", "16"),
+        ("byte", 255, "255"),
+        ("charp", "hello lab", "hello lab"),
+        ("charp", 42, "42"),
+        ("charp", "", ""),
+    ],
+)
+def test_sysfs_value_scalars(ptype, value, text):
+    assert k.sysfs_value(decl(ptype), value) == text
+
+
+def test_sysfs_value_arrays():
+    assert k.sysfs_value(decl("int", array=True), [10, -20, 30]) == "10,-20,30"
+    assert k.sysfs_value(decl("bool", array=True), [True, False]) == "Y,N"
+    assert k.sysfs_value(decl("charp", array=True), ["a", "b c"]) == "a,b c"
+
+
+@pytest.mark.parametrize(
+    ("d", "value", "words"),
+    [
+        (decl("bool"), "maybe", "not a boolean"),
+        (decl("int"), True, "not an integer"),
+        (decl("int"), "x", "not an integer"),
+        (decl("charp"), 'say "hi"', "double quotes"),
+        (decl("charp"), "a\nb", "newlines"),
+        (decl("charp", array=True), ["a,b"], "comma"),
+        (decl("int", array=True), 3, "takes a list"),
+        (decl("int"), [3], "not a list"),
+        (decl("float"), 1, "unknown type"),
+    ],
+)
+def test_unrepresentable_values_name_the_parameter(d, value, words):
+    with pytest.raises(k.ParamError, match=words) as exc:
+        k.sysfs_value(d, value)
+    assert "parameter p" in str(exc.value)
+
+
+def test_tokens_args_and_options_strings():
+    decls = {
+        "myint": decl("int", name="myint"),
+        "mystring": decl("charp", name="mystring"),
+        "arr": decl("int", array=True, name="arr"),
+        "flag": decl("bool", name="flag"),
+    }
+    params = {"mystring": "hello lab", "myint": 7, "arr": [1, 2], "flag": True}
+    assert k.param_tokens(decls, params) == ["arr=1,2", "flag=Y", "myint=7", "mystring=hello lab"]
+    # community.general.modprobe shlex-splits its params: each token must survive whole
+    assert shlex.split(k.args_string(decls, params)) == k.param_tokens(decls, params)
+    # modprobe.d: the kernel groups a value with spaces by double quotes
+    assert k.options_string(decls, params) == 'arr=1,2 flag=Y myint=7 mystring="hello lab"'
+    with pytest.raises(k.ParamError, match="empty array"):
+        k.param_tokens(decls, {"arr": []})
+    with pytest.raises(k.ParamError, match="unknown parameter nope"):
+        k.param_tokens(decls, {"nope": 1})
+
+
+def test_kmsg_and_proc_devices_parsing():
+    text = "6,1,10,-;first\n SUBSYSTEM=x\n4,2,20,c;hello_5: `x' invalid for parameter `myint'\n"
+    assert k.parse_kmsg(text) == [(1, "first"), (2, "hello_5: `x' invalid for parameter `myint'")]
+    devices = k.parse_proc_devices(
+        "Character devices:\n  1 mem\n 60 memory\n\nBlock devices:\n  8 sd\n"
+    )
+    assert devices == {"char": {1: ["mem"], 60: ["memory"]}, "block": {8: ["sd"]}}
+
+
+def test_param_errors_and_mentions():
+    lines = [
+        "hello_5: `hello' invalid for parameter `mylong'",
+        "hello_5: `99999999999' too large for parameter `myshort'",
+        "hello_5: unknown parameter 'ghost' ignored",
+        "hello_50: something else",
+    ]
+    errors = k.param_errors(lines)
+    assert [(e["param"], e["value"]) for e in errors] == [
+        ("mylong", "hello"),
+        ("myshort", "99999999999"),
+        ("ghost", None),
+    ]
+    regex = k.mention_regex({"name": "hello-5", "kmod": "hello_5"})
+    assert [bool(regex.search(x)) for x in lines] == [True, True, True, False]
+    assert k.missing_patterns(["invalid for", "nothing like this"], lines) == ["nothing like this"]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@pytest.fixture
+def records():
+    return {
+        r["name"]: r
+        for r in resolve(
+            MODULES, [{"name": "hello-5"}, {"name": "base"}, {"name": "user"}, {"name": "memory"}]
+        )
+    }
+
+
+def loaded_state(live=None, holders=(), refcount=0, srcversion=None):
+    return {
+        "loaded": True,
+        "initstate": "live",
+        "refcount": refcount,
+        "holders": list(holders),
+        "live": dict(live or {}),
+        "missing": [],
+        "unreadable": [],
+        "srcversion": srcversion,
+        "version": None,
+    }
+
+
+UNLOADED = {"loaded": False, "holders": [], "live": {}, "missing": [], "refcount": None}
+HELLO_LIVE = {
+    "myint": "42",
+    "mylong": "9999",
+    "mystring": "hello lab",
+    "mybool": "N",
+    "myintarray": "10,-20,30",
+}
+HELLO_RECORD = {
+    "state": "present",
+    "params": {"myint": 42, "myshort": 7, "mystring": "hello lab", "myintarray": [10, -20, 30]},
+}
+
+
+def test_reload_reasons(records):
+    hello = records["hello-5"]
+    st = loaded_state(HELLO_LIVE)
+    assert k.reload_reasons(hello, st, HELLO_RECORD) == []
+    drift = loaded_state(dict(HELLO_LIVE, myint="5"))
+    assert k.reload_reasons(hello, drift, HELLO_RECORD) == ["parameter myint is '5', wanted '42'"]
+    hidden = dict(HELLO_RECORD, params=dict(HELLO_RECORD["params"], myshort=3))
+    assert "myshort" in k.reload_reasons(hello, st, hidden)[0]
+    assert "without a kmodlab record" in k.reload_reasons(hello, st, None)[0]
+    assert (
+        "options file changes" in k.reload_reasons(hello, st, HELLO_RECORD, options_changed=True)[0]
+    )
+    newer = k.reload_reasons(
+        hello, loaded_state(HELLO_LIVE, srcversion="A"), HELLO_RECORD, False, {"srcversion": "B"}
+    )
+    assert newer == ["the installed module differs from the loaded one (srcversion A, installed B)"]
+    # base declares only visible parameters: no record needed, live values decide
+    assert k.reload_reasons(records["base"], loaded_state({"level": "1"}), None) == []
+    removed = {"state": "present", "params": {"level": 5}}
+    assert k.reload_reasons(records["base"], loaded_state({"level": "5"}), removed) == [
+        "parameter level is no longer wanted (back to its default)"
+    ]
+
+
+def test_dynamic_major_is_not_a_mismatch(records):
+    memory = dict(records["memory"], params={"major": 0})
+    assert (
+        k.reload_reasons(
+            memory, loaded_state({"major": "240"}), {"state": "present", "params": {"major": 0}}
+        )
+        == []
+    )
+
+
+def test_previous_params_for_rollback(records):
+    hello = records["hello-5"]
+    st = loaded_state(dict(HELLO_LIVE, myint="5"))
+    assert k.previous_params(hello, st, HELLO_RECORD) == {
+        "myint": "5",  # live wins for visible parameters
+        "myintarray": "10,-20,30",
+        "myshort": "7",  # from the record: sysfs cannot show it
+        "mystring": "hello lab",
+    }  # mylong and mybool are at their defaults: left out
+    assert k.previous_params(hello, UNLOADED, HELLO_RECORD) == {}
+    assert k.args_from_texts({"mystring": "a b", "x": "1"}) == "'mystring=a b' x=1"
+
+
+def test_plan_load_reload_unload_and_cascade(records):
+    recs = [records[n] for n in ("base", "hello-5", "memory", "user")]
+    recs[0] = dict(recs[0], params={"level": 3})
+    states = {
+        "base": loaded_state({"level": "2"}, holders=["user"], refcount=1),
+        "hello-5": UNLOADED,
+        "memory": loaded_state({"major": "60"}),
+        "user": loaded_state({}),
+    }
+    recorded = {
+        "user": {"state": "present", "params": {}},
+        "memory": {"state": "present", "params": {}},
+    }
+    out = k.plan(recs, states, recorded, {}, {}, {"char": {60: ["memory"]}, "block": {}})
+    assert out["actions"] == {
+        "base": "reload",
+        "hello-5": "load",
+        "memory": "none",
+        "user": "reload",
+    }
+    assert out["reasons"]["user"] == ["it uses base, which is reloaded"]
+    assert out["unload"] == ["user", "base"]
+    assert out["load"] == ["base", "hello-5", "user"]
+    assert out["blocked"] == [] and out["conflicts"] == []
+
+
+def test_plan_blocks_and_conflicts(records):
+    base = dict(records["base"], params={"level": 3})
+    busy = {"base": loaded_state({"level": "2"}, refcount=1)}
+    out = k.plan([base], busy, {}, {}, {}, {})
+    assert "in use (refcount 1" in out["blocked"][0]
+    foreign = {"base": loaded_state({"level": "2"}, holders=["stranger"], refcount=1)}
+    assert "stranger, which kmodlab does not manage" in k.plan([base], foreign)["blocked"][0]
+    memory = records["memory"]
+    out = k.plan(
+        [memory], {"memory": UNLOADED}, {}, {}, {}, {"char": {60: ["othermem"]}, "block": {}}
+    )
+    assert out["conflicts"] == [
+        "memory: char major 60 (parameter major=60) is already taken by 'othermem' in "
+        "/proc/devices; choose a free major or unload that driver first"
+    ]
+
+
+def test_plan_absent_and_config(records):
+    absent = dict(records["user"], state="absent")
+    config = dict(records["hello-5"], state="config")
+    states = {"user": loaded_state({}), "hello-5": UNLOADED}
+    out = k.plan([config, absent], states)
+    assert out["actions"] == {"hello-5": "none", "user": "unload"}
+    assert out["unload"] == ["user"] and out["load"] == []

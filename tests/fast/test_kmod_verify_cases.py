@@ -1,0 +1,134 @@
+"""Expectation files -> the suite's parametrisation (hosts x modules x functional checks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kmodlab.selection import resolve
+from kmodlab.verify import suite
+from kmodlab.verify.expectations import (
+    ENV_EXPECTATIONS,
+    ExpectationError,
+    build_cases,
+    load_expectation,
+    resolve_directory,
+    write_expectation,
+)
+
+MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
+KERNEL = "6.1.0-18-amd64"
+SELECTION = [
+    {"name": "hello-5"},
+    {"name": "gadget"},
+    {"name": "memory"},
+    {"name": "user", "state": "absent"},
+    {"name": "base", "state": "config"},
+]
+
+
+@pytest.fixture
+def exp_dir(tmp_path: Path) -> Path:
+    write_expectation(tmp_path, "lab1", KERNEL, resolve(MODULES, SELECTION))
+    return tmp_path
+
+
+def test_cases_per_host_module_and_functional_check(exp_dir: Path):
+    cases = build_cases([("lab1", "H1"), ("lab2", "H2")], exp_dir)
+    by_kind = {}
+    for case in cases:
+        by_kind.setdefault(case.kind, []).append(case.id)
+    assert by_kind["host"] == ["lab1", "lab2"]
+    assert by_kind["module"] == [
+        "lab1/base",
+        "lab1/gadget",
+        "lab1/hello-5",
+        "lab1/memory",
+        "lab1/user",
+    ]
+    assert by_kind["functional"] == [
+        "lab1/gadget/a-read-returns-the-greeting",
+        "lab1/gadget/a-write-is-refused-with-einval",
+    ]
+    lab2 = next(c for c in cases if c.host_name == "lab2")
+    assert lab2.error and "no expectation file" in lab2.error and "lab2.json" in lab2.error
+    assert all(c.host in ("H1", "H2") for c in cases)
+    assert len({c.id for c in cases}) == len(cases)
+
+
+def test_no_hosts_or_no_folder_is_a_failing_case(exp_dir: Path):
+    (only,) = build_cases([], exp_dir)
+    assert only.kind == "host" and only.error and "no host to verify" in only.error
+    (broken,) = build_cases([("lab1", None)], exp_dir, hosts_error="inventory does not parse")
+    assert broken.error == "inventory does not parse"
+    (nodir,) = build_cases([("lab1", None)], None)
+    assert ENV_EXPECTATIONS in nodir.error
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"schema": 2, "host": "lab1", "kernel": KERNEL, "modules": []}, "schema 2"),
+        (
+            {"schema": 1, "host": "other", "kernel": KERNEL, "modules": []},
+            "written for host 'other'",
+        ),
+        ({"schema": 1, "host": "lab1", "modules": []}, "field kernel"),
+        ({"schema": 1, "host": "lab1", "kernel": KERNEL, "modules": {}}, "field modules"),
+        (
+            {"schema": 1, "host": "lab1", "kernel": KERNEL, "modules": [{"name": "x"}]},
+            "modules[0] lacks kmod",
+        ),
+        ([], "expected a JSON object"),
+    ],
+)
+def test_malformed_expectation_files(tmp_path: Path, data, words):
+    (tmp_path / "lab1.json").write_text(json.dumps(data))
+    with pytest.raises(ExpectationError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        load_expectation(tmp_path, "lab1")
+    (case,) = build_cases([("lab1", None)], tmp_path)
+    assert case.error and words in case.error
+
+
+def test_expectation_round_trip(exp_dir: Path):
+    exp = load_expectation(exp_dir, "lab1")
+    assert exp.kernel == KERNEL and exp.modules[0]["name"] == "base"
+
+
+def test_directory_resolution(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv(ENV_EXPECTATIONS, str(tmp_path / "env"))
+    assert resolve_directory(None) == tmp_path / "env"
+    assert resolve_directory(None, str(tmp_path / "mod")) == tmp_path / "mod"
+    assert resolve_directory(str(tmp_path / "opt"), str(tmp_path / "mod")) == tmp_path / "opt"
+    monkeypatch.delenv(ENV_EXPECTATIONS)
+    assert resolve_directory(None) is None
+
+
+def test_which_tests_apply_to_which_cases(exp_dir: Path):
+    cases = build_cases([("lab1", None)], exp_dir)
+    tests = {name: getattr(suite, name) for name in suite.__all__ if name.startswith("test_")}
+    applied = {
+        name: sorted(c.id for c in cases if suite._applies(func.kmodlab_check, c))
+        for name, func in tests.items()
+    }
+    present = ["lab1/gadget", "lab1/hello-5", "lab1/memory"]
+    assert applied["test_host"] == ["lab1"]
+    assert applied["test_dkms_built"] == ["lab1/base", *present]
+    assert applied["test_dkms_installed"] == applied["test_module_file"] == ["lab1/base", *present]
+    assert applied["test_loaded"] == present
+    assert applied["test_not_loaded"] == ["lab1/user"]
+    # only hello-5 wants parameters here (memory runs on its default major, which
+    # test_proc_devices checks)
+    assert applied["test_params"] == ["lab1/hello-5"]
+    assert applied["test_param_files"] == present
+    assert applied["test_persistence"] == ["lab1/base", *present, "lab1/user"]
+    assert (
+        applied["test_proc_devices"] == applied["test_dev_nodes"] == ["lab1/gadget", "lab1/memory"]
+    )
+    assert applied["test_sysfs"] == applied["test_procfs"] == ["lab1/gadget"]
+    assert applied["test_dmesg_load"] == present
+    assert applied["test_modinfo"] == present
+    assert len(applied["test_functional"]) == 2
+    assert {t.kmodlab_check["stage"] for t in tests.values()} == {"host", *suite.STAGES}

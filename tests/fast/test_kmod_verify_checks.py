@@ -1,0 +1,475 @@
+"""The verify checks against a fixture observation of a healthy host, then broken ones.
+
+Every check must pass on the healthy host and fail, with a message naming what is
+wrong, as soon as one observed fact is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmodlab.selection import resolve
+from kmodlab.verify import checks
+from kmodlab.verify.observe import Observation
+
+MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
+KERNEL = "6.1.0-18-amd64"
+
+
+def recs() -> dict[str, dict[str, Any]]:
+    return {
+        r["name"]: r
+        for r in resolve(
+            MODULES,
+            [
+                {"name": "hello-5", "params": {"mybool": True}},
+                {"name": "gadget"},
+                {"name": "memory", "params": {"major": 61}},
+                {"name": "user", "state": "absent"},
+                {"name": "base", "state": "config", "persist": False, "params": {"level": 2}},
+            ],
+        )
+    }
+
+
+def f(mode: int) -> dict[str, Any]:
+    return {"exists": True, "type": "file", "mode": mode, "link": False}
+
+
+D = {"exists": True, "type": "directory", "mode": 0o755, "link": False}
+NONE = {"exists": False, "error": "No such file or directory"}
+MODINFO = (
+    "filename:       /lib/modules/{k}/updates/dkms/{n}.ko\n"
+    "license:        GPL\nauthor:         kmodlab <kmodlab@example.org>\n"
+    "srcversion:     ABC123\nvermagic:       {k} SMP preempt mod_unload modversions \n"
+)
+
+
+def healthy() -> dict[str, Any]:
+    h5 = "/sys/module/hello_5"
+    stat = {
+        h5: D,
+        f"{h5}/initstate": f(0o444),
+        f"{h5}/parameters": D,
+        f"{h5}/parameters/myshort": NONE,
+        f"{h5}/parameters/myint": f(0o644),
+        f"{h5}/parameters/mylong": f(0o640),
+        f"{h5}/parameters/mystring": f(0o444),
+        f"{h5}/parameters/mybool": f(0o644),
+        f"{h5}/parameters/myintarray": f(0o600),
+        "/etc/modprobe.d/hello-5.conf": f(0o644),
+        "/etc/modules-load.d/hello-5.conf": f(0o644),
+        "/sys/module/gadget/initstate": f(0o444),
+        "/sys/module/gadget/parameters/greeting": f(0o444),
+        "/etc/modprobe.d/gadget.conf": NONE,
+        "/etc/modules-load.d/gadget.conf": f(0o644),
+        "/dev/gadget": {"exists": True, "type": "char", "mode": 0o666, "major": 240, "minor": 0},
+        "/sys/class/gadget/gadget": D,
+        "/sys/class/gadget/gadget/dev": f(0o444),
+        "/proc/gadget": f(0o444),
+        "/sys/module/memory/initstate": f(0o444),
+        "/sys/module/memory/parameters/major": f(0o444),
+        "/etc/modprobe.d/memory.conf": f(0o644),
+        "/etc/modules-load.d/memory.conf": f(0o644),
+        "/dev/memory": {"exists": True, "type": "char", "mode": 0o666, "major": 61, "minor": 0},
+        "/sys/module/user/initstate": NONE,
+        "/etc/modprobe.d/user.conf": NONE,
+        "/etc/modules-load.d/user.conf": NONE,
+        "/sys/module/base/initstate": NONE,
+        "/etc/modprobe.d/base.conf": f(0o644),
+        "/etc/modules-load.d/base.conf": NONE,
+    }
+    read = {
+        "/proc/devices": "Character devices:\n  1 mem\n 61 memory\n240 gadget\n\nBlock devices:\n",
+        f"{h5}/initstate": "live\n",
+        f"{h5}/srcversion": "ABC123\n",
+        f"{h5}/parameters/myint": "42\n",
+        f"{h5}/parameters/mylong": "9999\n",
+        f"{h5}/parameters/mystring": "hello lab\n",
+        f"{h5}/parameters/mybool": "Y\n",
+        f"{h5}/parameters/myintarray": "10,-20,30\n",
+        "/etc/modprobe.d/hello-5.conf": "#\n# Ansible managed\n#\n"
+        'options hello_5 mybool=Y myint=42 myintarray=10,-20,30 myshort=7 mystring="hello lab"\n',
+        "/etc/modules-load.d/hello-5.conf": "# managed\nhello_5\n",
+        "/sys/module/gadget/initstate": "live\n",
+        "/sys/module/gadget/parameters/greeting": "hi\n",
+        "/etc/modules-load.d/gadget.conf": "gadget\n",
+        "/sys/class/gadget/gadget/dev": "240:0\n",
+        "/proc/gadget": "header\ngadget ok\n",
+        "/sys/module/memory/initstate": "live\n",
+        "/sys/module/memory/parameters/major": "61\n",
+        "/etc/modprobe.d/memory.conf": "options memory major=61\n",
+        "/etc/modules-load.d/memory.conf": "memory\n",
+        "/etc/modprobe.d/base.conf": "options base level=2\n",
+    }
+    commands = {
+        "uname": {"rc": 0, "stdout": KERNEL + "\n", "stderr": ""},
+        "dkms": {
+            "rc": 0,
+            "stdout": (
+                f"hello-5/1.0.0, {KERNEL}, x86_64: installed\n"
+                f"gadget/0.3.0, {KERNEL}, x86_64: installed "
+                "(WARNING! Diff between built and installed module!)\n"
+                f"memory, 1.0.0, {KERNEL}, x86_64: installed\n"
+                f"base/1.0.0, {KERNEL}, x86_64: installed\n"
+                "hello-5/0.9.0, 5.10.0-1-amd64, x86_64: built\n"
+            ),
+            "stderr": "",
+        },
+    }
+    for name in ("hello-5", "gadget", "memory", "base"):
+        commands[f"modinfo:{name}"] = {
+            "rc": 0,
+            "stdout": MODINFO.format(k=KERNEL, n=name),
+            "stderr": "",
+        }
+    return {
+        "euid": 0,
+        "stat": stat,
+        "read": {p: {"ok": True, "text": t} for p, t in read.items()},
+        "list": {
+            f"{h5}/parameters": ["mybool", "myint", "myintarray", "mylong", "mystring"],
+            "/sys/module/gadget/parameters": ["greeting"],
+            "/sys/module/memory/parameters": ["major"],
+        },
+        "commands": commands,
+        "kernel_log": {
+            "source": "kmsg",
+            "lines": [
+                "Linux version",
+                "gadget: ready on major 239",
+                "gadget: gone",
+                "gadget: ready on major 240",
+                "hello_5: hello, world; myint=42",
+            ],
+        },
+        "functional": {
+            "gadget#0": [
+                {
+                    "rc": 0,
+                    "stdout": "hi\n",
+                    "stderr": "",
+                    "stdout_b64": base64.b64encode(b"hi\n").decode(),
+                }
+            ],
+            "gadget#1": [
+                {
+                    "rc": 1,
+                    "stdout": "",
+                    "stderr": "kmodlab: line 1: printf: write error: Invalid argument\n",
+                }
+            ],
+        },
+    }
+
+
+CHECKS = {
+    "hello-5": [
+        checks.dkms_built,
+        checks.dkms_installed,
+        checks.module_file,
+        checks.loaded,
+        checks.params,
+        checks.param_files,
+        checks.persistence,
+        checks.dmesg_load,
+        checks.modinfo,
+    ],
+    "gadget": [
+        checks.loaded,
+        checks.params,
+        checks.param_files,
+        checks.persistence,
+        checks.proc_device_checks,
+        checks.dev_nodes,
+        checks.sysfs,
+        checks.procfs,
+        checks.dmesg_load,
+        checks.modinfo,
+    ],
+    "memory": [checks.params, checks.proc_device_checks, checks.dev_nodes, checks.persistence],
+    "user": [checks.not_loaded, checks.persistence],
+    "base": [checks.dkms_installed, checks.module_file, checks.persistence],
+}
+
+
+def problems(data: dict[str, Any], name: str, check) -> list[str]:
+    return check(recs()[name], Observation(data), KERNEL)
+
+
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [(n, c) for n, cs in CHECKS.items() for c in cs],
+    ids=[f"{n}-{c.__name__}" for n, cs in CHECKS.items() for c in cs],
+)
+def test_healthy_host_passes(name, check):
+    assert problems(healthy(), name, check) == []
+
+
+def test_healthy_host_functional_and_host_checks():
+    obs = Observation(healthy())
+    gadget = recs()["gadget"]
+    assert checks.functional(gadget, 0, obs) == []
+    assert checks.functional(gadget, 1, obs) == []
+    assert checks.host(KERNEL, obs) == []
+
+
+def broken(change) -> dict[str, Any]:
+    data = copy.deepcopy(healthy())
+    change(data)
+    return data
+
+
+def set_read(path, text):
+    return lambda d: d["read"].__setitem__(path, {"ok": True, "text": text})
+
+
+def set_stat(path, value):
+    return lambda d: d["stat"].__setitem__(path, value)
+
+
+BROKEN = [
+    (
+        "hello-5",
+        checks.dkms_built,
+        lambda d: d["commands"]["dkms"].update(stdout=""),
+        "not built or installed",
+    ),
+    (
+        "hello-5",
+        checks.dkms_installed,
+        lambda d: d["commands"]["dkms"].update(stdout=f"hello-5/1.0.0, {KERNEL}, x86_64: built\n"),
+        "not installed for kernel",
+    ),
+    (
+        "hello-5",
+        checks.module_file,
+        lambda d: d["commands"]["modinfo:hello-5"].update(
+            stdout=MODINFO.format(k=KERNEL, n="hello-5").replace("updates/dkms", "extra")
+        ),
+        "not under /lib/modules/6.1.0-18-amd64/updates/dkms/",
+    ),
+    (
+        "hello-5",
+        checks.module_file,
+        lambda d: d["commands"]["modinfo:hello-5"].update(
+            stdout=MODINFO.format(k=KERNEL, n="hello-5").replace(
+                "vermagic:       6.1.0-18", "vermagic:       6.1.0-17"
+            )
+        ),
+        "vermagic",
+    ),
+    ("hello-5", checks.loaded, set_read("/sys/module/hello_5/initstate", "going\n"), "not live"),
+    (
+        "hello-5",
+        checks.loaded,
+        set_read("/sys/module/hello_5/srcversion", "OLD\n"),
+        "not the installed one",
+    ),
+    (
+        "hello-5",
+        checks.params,
+        set_read("/sys/module/hello_5/parameters/myint", "7\n"),
+        "myint is '7', wanted '42'",
+    ),
+    (
+        "hello-5",
+        checks.params,
+        set_read("/sys/module/hello_5/parameters/mybool", "N\n"),
+        "mybool is 'N'",
+    ),
+    (
+        "hello-5",
+        checks.params,
+        set_read("/sys/module/hello_5/parameters/myintarray", "10,-20\n"),
+        "myintarray is '10,-20', wanted '10,-20,30'",
+    ),
+    (
+        "hello-5",
+        checks.params,
+        set_stat("/sys/module/hello_5/initstate", NONE),
+        "not loaded",
+    ),
+    (
+        "hello-5",
+        checks.param_files,
+        set_stat("/sys/module/hello_5/parameters/mylong", f(0o644)),
+        "mylong has mode 0644, declared 0640",
+    ),
+    (
+        "hello-5",
+        checks.param_files,
+        lambda d: d["list"]["/sys/module/hello_5/parameters"].append("myshort"),
+        "perm 0000 should keep it out of sysfs",
+    ),
+    (
+        "hello-5",
+        checks.param_files,
+        lambda d: d["list"]["/sys/module/hello_5/parameters"].append("debug"),
+        "debug is not declared",
+    ),
+    (
+        "hello-5",
+        checks.persistence,
+        set_read("/etc/modprobe.d/hello-5.conf", "options hello_5 myint=41\n"),
+        "options are",
+    ),
+    (
+        "hello-5",
+        checks.persistence,
+        set_stat("/etc/modules-load.d/hello-5.conf", NONE),
+        "is missing",
+    ),
+    (
+        "hello-5",
+        checks.dmesg_load,
+        lambda d: d["kernel_log"]["lines"].append("hello_5: goodbye, world"),
+        "no kernel message since the last load",
+    ),
+    (
+        "hello-5",
+        checks.modinfo,
+        lambda d: d["commands"]["modinfo:hello-5"].update(stdout="license: Proprietary\n"),
+        "license is ['Proprietary']",
+    ),
+    (
+        "hello-5",
+        checks.modinfo,
+        lambda d: d["commands"]["modinfo:hello-5"].update(stdout="license: GPL\nversion: 0.9\n"),
+        "modinfo version is 0.9",
+    ),
+    (
+        "gadget",
+        checks.persistence,
+        set_stat("/etc/modprobe.d/gadget.conf", f(0o644)),
+        "it has no parameters",
+    ),
+    (
+        "gadget",
+        checks.proc_device_checks,
+        set_read("/proc/devices", "Character devices:\n  1 mem\n"),
+        "no char device 'gadget'",
+    ),
+    (
+        "gadget",
+        checks.dev_nodes,
+        set_stat(
+            "/dev/gadget", {"exists": True, "type": "char", "mode": 0o666, "major": 241, "minor": 0}
+        ),
+        "major 241, /proc/devices gives 'gadget' major [240]",
+    ),
+    (
+        "gadget",
+        checks.dev_nodes,
+        set_stat(
+            "/dev/gadget", {"exists": True, "type": "char", "mode": 0o600, "major": 240, "minor": 0}
+        ),
+        "mode 0600, expected 0666",
+    ),
+    ("gadget", checks.dev_nodes, set_stat("/dev/gadget", f(0o666)), "is a file, not a char device"),
+    ("gadget", checks.dev_nodes, set_stat("/dev/gadget", NONE), "does not exist"),
+    ("gadget", checks.sysfs, set_read("/sys/class/gadget/gadget/dev", "240:1\n"), "does not match"),
+    (
+        "gadget",
+        checks.sysfs,
+        set_stat("/sys/class/gadget/gadget", f(0o644)),
+        "expected a directory",
+    ),
+    ("gadget", checks.procfs, set_stat("/proc/gadget", f(0o644)), "mode 0644, expected 0444"),
+    ("gadget", checks.procfs, set_read("/proc/gadget", "gadget ok, not\n"), "does not match"),
+    (
+        "memory",
+        checks.proc_device_checks,
+        set_read("/proc/devices", "Character devices:\n 60 memory\n"),
+        "on major [60], expected 61",
+    ),
+    (
+        "memory",
+        checks.params,
+        set_read("/sys/module/memory/parameters/major", "60\n"),
+        "major is '60'",
+    ),
+    (
+        "user",
+        checks.not_loaded,
+        set_stat("/sys/module/user/initstate", f(0o444)),
+        "is loaded but its state is absent",
+    ),
+    ("user", checks.persistence, set_stat("/etc/modprobe.d/user.conf", f(0o644)), "it is absent"),
+    (
+        "base",
+        checks.persistence,
+        set_stat("/etc/modules-load.d/base.conf", f(0o644)),
+        "persist is false",
+    ),
+    (
+        "base",
+        checks.persistence,
+        set_read("/etc/modprobe.d/base.conf", "options base level=3\n"),
+        "wanted",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "check", "change", "words"), BROKEN, ids=[f"{b[0]}-{b[3][:30]}" for b in BROKEN]
+)
+def test_broken_host_fails(name, check, change, words):
+    found = problems(broken(change), name, check)
+    assert found, f"{check.__name__} passed on a broken host"
+    assert any(words in p for p in found), found
+
+
+def test_functional_failures():
+    gadget = recs()["gadget"]
+    read_wrong = broken(
+        lambda d: d["functional"]["gadget#0"][0].update(
+            stdout_b64=base64.b64encode(b"ho\n").decode()
+        )
+    )
+    assert "read 'ho\\n', expected" in checks.functional(gadget, 0, Observation(read_wrong))[0]
+    accepted = broken(lambda d: d["functional"]["gadget#1"][0].update(rc=0, stderr=""))
+    assert (
+        "succeeded, expected EINVAL (Invalid argument)"
+        in checks.functional(gadget, 1, Observation(accepted))[0]
+    )
+    other = broken(
+        lambda d: d["functional"]["gadget#1"][0].update(stderr="printf: write error: I/O error")
+    )
+    assert "expected EINVAL" in checks.functional(gadget, 1, Observation(other))[0]
+    missing = broken(lambda d: d["functional"].pop("gadget#0"))
+    assert "did not run" in checks.functional(gadget, 0, Observation(missing))[0]
+
+
+def test_host_failures():
+    assert "rendered for" in checks.host("6.1.0-99-amd64", Observation(healthy()))[0]
+    assert "not root" in checks.host(KERNEL, Observation(broken(lambda d: d.update(euid=1000))))[0]
+    no_log = broken(lambda d: d.update(kernel_log={"source": "none", "lines": []}))
+    assert "kernel log could not be read" in checks.host(KERNEL, Observation(no_log))[0]
+
+
+def test_kernel_context_and_since_last_load():
+    obs = Observation(
+        broken(lambda d: d["kernel_log"]["lines"].extend(["hello_50: other", "hello-5 x"]))
+    )
+    assert checks.kernel_context(recs()["hello-5"], obs) == [
+        "hello_5: hello, world; myint=42",
+        "hello-5 x",
+    ]
+    assert (
+        checks.since_last_load(recs()["gadget"], obs.kernel_log)[0] == "gadget: ready on major 240"
+    )
+
+
+def test_expected_values_are_independent_of_the_role():
+    p = {"type": "bool"}
+    assert [checks.expected_text(p, v) for v in (True, False, "y", 0)] == ["Y", "N", "Y", "N"]
+    assert checks.expected_text({"type": "int", "array": True}, [1, -2]) == "1,-2"
+    assert checks.kernel_args('a=1 s="x y" t=') == {"a": "1", "s": "x y", "t": ""}
+    assert checks.expected_major(recs()["memory"], {"name": "memory", "major_param": "major"}) == 61
+    assert checks.expected_major(recs()["gadget"], {"name": "gadget", "major": "dynamic"}) is None
