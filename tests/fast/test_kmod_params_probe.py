@@ -255,3 +255,31 @@ def test_no_fact_no_kmsg(tmp_path: Path):
     assert out["fact"] == {"path": FACT, "exists": False, "content": None, "data": None}
     assert out["kernel_log_cursor"] is None and out["kernel_log_source"] == "none"
     assert out["modules"][0]["action"] == "load"
+
+
+def test_one_modinfo_call_for_all_loaded_modules(host: Path):
+    (host / "sys/module/hello_5/srcversion").write_text("AAA\n")
+    write(host, "/sys/module/base/initstate", "live\n")
+    write(host, "/sys/module/base/refcnt", "0\n")
+    write(host, "/sys/module/base/srcversion", "CCC\n")
+    write(host, "/sys/module/base/parameters/level", "1\n")
+    write(host, "/sys/module/memory/initstate", "live\n")  # no srcversion: not asked
+    write(host, "/sys/module/memory/parameters/major", "60\n", 0o444)
+    modinfo = (
+        "filename:       /lib/modules/k/updates/dkms/base.ko.xz\nsrcversion:     CCC\n"
+        "name:           base\n"
+        "filename:       /lib/modules/k/updates/dkms/hello-5.ko\nsrcversion:     BBB\n"
+        "name:           hello_5\n"
+    )
+    module = FakeModule(
+        {
+            "modules": records({"name": "hello-5"}, {"name": "base"}, {"name": "memory"}),
+            "root": str(host),
+        },
+        modinfo=modinfo,
+    )
+    out = probe.run(module)
+    assert len(module.commands) == 1 and module.commands[0][-2:] == ["base", "hello_5"]
+    actions = {m["name"]: m["action"] for m in out["modules"]}
+    assert actions == {"base": "none", "hello-5": "reload", "memory": "none"}
+    assert out["modules"][0]["installed"]["filename"].endswith("base.ko.xz")

@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
     if command == "unload":
         return unload(kmod)
     if command == "modinfo":
-        return modinfo(kmod)
+        return max(modinfo(name.replace("-", "_")) for name in argv[2:])
     return fail(f"unknown command {command}", 2)
 
 

@@ -167,6 +167,7 @@ kernel_release:
 """
 
 import json
+import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
@@ -200,23 +201,38 @@ ARGUMENT_SPEC = dict(
 KERNEL_LOG_LINES = 20
 
 
-def _installed(module, root, kmod):
-    """srcversion and version of the module file modprobe would load."""
+def _installed(module, root, kmods):
+    """srcversion and version of the module files modprobe would load, by kmod name.
+
+    One modinfo call for all modules; its output is split at each "filename:" line.
+    A module modinfo cannot find is left out (nothing to compare it with).
+    """
+    if not kmods:
+        return {}
     modinfo = module.get_bin_path("modinfo")
     if not modinfo:
         return {}
     cmd = [modinfo]
     if root != "/":
         cmd += ["-b", root]
-    rc, out, _ = module.run_command([*cmd, kmod])
-    if rc != 0:
-        return {}
-    info = {}
+    _, out, _ = module.run_command(cmd + sorted(kmods))
+    found = {}
+    info = None
     for line in out.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("srcversion", "version", "filename"):
-            info[key.strip()] = value.strip()
-    return info
+        key, value = key.strip(), value.strip()
+        if not sep:
+            continue
+        if key == "filename":
+            base = os.path.basename(value)
+            kmod = base.split(".ko", 1)[0].replace("-", "_")
+            info = found.setdefault(kmod, {"filename": value})
+        elif info is not None and key in ("srcversion", "version", "name"):
+            info[key] = value
+    out = {}
+    for kmod_name, entry in found.items():
+        out[entry.get("name", kmod_name).replace("-", "_")] = entry
+    return {k: v for k, v in out.items() if k in kmods}
 
 
 def _kernel_log(module, root):
@@ -274,7 +290,6 @@ def run(module):
     states = {}
     wanted = {}
     files = {}
-    installed = {}
     errors = []
     for rec in records:
         decls = declarations(rec)
@@ -295,10 +310,19 @@ def run(module):
                 "changed": current != content,
             }
         files[rec["name"]] = entry
-        if rec["state"] == "present" and states[rec["name"]]["loaded"]:
-            installed[rec["name"]] = _installed(module, root, rec["kmod"])
     if errors:
         module.fail_json(msg="; ".join(errors), errors=errors)
+    # The installed build matters only for a loaded module that shows its own
+    # srcversion or version to compare with.
+    comparable = [
+        rec["kmod"]
+        for rec in records
+        if rec["state"] == "present"
+        and states[rec["name"]]["loaded"]
+        and (states[rec["name"]]["srcversion"] or states[rec["name"]]["version"])
+    ]
+    by_kmod = _installed(module, root, comparable)
+    installed = {rec["name"]: by_kmod[rec["kmod"]] for rec in records if rec["kmod"] in by_kmod}
 
     proc_devices = parse_proc_devices(read_text(host_path(root, "/proc/devices")))
     options_changed = {
