@@ -30,6 +30,13 @@ from pathlib import Path
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
+try:  # ansible-core >= 2.19: values from a plugin are untrusted unless marked
+    from ansible.template import trust_as_template
+except ImportError:  # pragma: no cover - older ansible-core
+
+    def trust_as_template(value):
+        return value
+
 
 class InventoryModule(BaseInventoryPlugin):
     NAME = "kmodlab_lab"
@@ -56,4 +63,8 @@ class InventoryModule(BaseInventoryPlugin):
             for host, hvars in body["hosts"].items():
                 self.inventory.add_host(host, group=group)
                 for key, value in hvars.items():
+                    if isinstance(value, str):
+                        # Our own values (ports, paths): trusted, so that
+                        # `ansible-inventory --list` (testinfra) shows them as plain strings.
+                        value = trust_as_template(value)
                     self.inventory.set_variable(host, key, value)

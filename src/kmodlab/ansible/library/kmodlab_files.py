@@ -1,0 +1,143 @@
+#!/usr/bin/python
+# GPL-2.0-only
+"""Write or remove many small root-owned files in one call."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: kmodlab_files
+short_description: Write or remove many small configuration files in one call
+description:
+  - Each file is compared with its wanted content and mode; only differing files are
+    written (atomically, owned by root) or removed.
+  - One call for all files, because every task round trip to an emulated guest costs
+    seconds, and a loop of M(ansible.builtin.copy) costs two per file.
+options:
+  files:
+    description: The files.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      content:
+        description: Wanted content; null removes the file.
+        type: str
+      mode:
+        description: Octal mode of a written file.
+        type: str
+        default: "0644"
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Write and remove modprobe.d files
+  kmodlab_files:
+    files:
+      - path: /etc/modprobe.d/hello-5.conf
+        content: "options hello_5 myint=7\n"
+      - path: /etc/modules-load.d/memory.conf
+        content: null
+"""
+
+RETURN = r"""
+files:
+  description: One entry per file with C(path), C(action) (written, removed, unchanged).
+  type: list
+  elements: dict
+  returned: always
+changed_paths:
+  description: Paths that were (or in check mode would be) written or removed.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _read(path):
+    try:
+        with open(path, "r") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            files=dict(
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    path=dict(type="path", required=True),
+                    content=dict(type="str"),
+                    mode=dict(type="str", default="0644"),
+                ),
+            )
+        ),
+        supports_check_mode=True,
+    )
+    results, changed_paths, diffs = [], [], []
+    for spec in module.params["files"]:
+        path, content, mode = spec["path"], spec["content"], int(spec["mode"], 8)
+        current = _read(path)
+        mode_ok = current is None or (os.stat(path).st_mode & 0o7777) == mode
+        if content is None:
+            action = "removed" if current is not None else "unchanged"
+        elif current == content and mode_ok:
+            action = "unchanged"
+        else:
+            action = "written"
+        results.append({"path": path, "action": action})
+        if action == "unchanged":
+            continue
+        changed_paths.append(path)
+        diffs.append(
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": current or "",
+                "after": content or "",
+            }
+        )
+        if module.check_mode:
+            continue
+        try:
+            if action == "removed":
+                os.unlink(path)
+            else:
+                directory = os.path.dirname(path)
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kmodlab-")
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(content)
+                os.chmod(tmp, mode)
+                os.chown(tmp, 0, 0)
+                module.atomic_move(tmp, path)
+        except OSError as exc:
+            module.fail_json(
+                msg="could not update %s: %s (run with become: true)" % (path, exc),
+                files=results,
+                changed_paths=changed_paths,
+            )
+    module.exit_json(
+        changed=bool(changed_paths), files=results, changed_paths=changed_paths, diff=diffs
+    )
+
+
+if __name__ == "__main__":
+    main()
