@@ -263,6 +263,30 @@ def inventory(lab_dir: LabOpt = None) -> None:
     out.print(str(inventory_mod.write(_lab(lab_dir))))
 
 
+@app.command("report")
+@clean_errors
+def report(
+    path: Annotated[
+        Path | None, typer.Argument(help="report.json or its folder (default: the last run's)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON")] = False,
+) -> None:
+    """Show the status report of the last verify run (host x module)."""
+    from kmodlab.verify.report import render_report
+
+    if path is None:
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        path = Path(base) / "kmodlab" / "reports"
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise LabError(f"no report at {path}: run lab.yml (its kmod_verify role writes it)")
+    if as_json:
+        out.print_json(path.read_text())
+        return
+    out.print(render_report(path))
+
+
 def main() -> None:  # pragma: no cover - console script
     app()
 

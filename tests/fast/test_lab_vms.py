@@ -185,3 +185,9 @@ def test_cli_status_json(lab: vms.Lab) -> None:
     assert result.exit_code == 0, result.output
     assert '"state": "stopped"' in result.output
     assert "/k/test.der" in result.output
+
+
+def test_cli_report_missing_is_exit_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no report at" in result.output
