@@ -203,7 +203,14 @@ def vm_status(
     out.print(table)
 
 
-def _ssh(name: str | None, command: list[str] | None, lab_dir: Path | None) -> None:
+@vm_app.command("ssh")
+@clean_errors
+def vm_ssh(
+    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
+    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Log in to a VM (or run a command there) with the lab's key."""
     lab = _lab(lab_dir)
     vm = vms_mod.require_running(lab, name)
     args = lab.ssh_args(vm, batch=bool(command))
@@ -213,26 +220,10 @@ def _ssh(name: str | None, command: list[str] | None, lab_dir: Path | None) -> N
     os.execvp(args[0], [*args, *(command or [])])
 
 
-@vm_app.command("ssh", context_settings={"allow_extra_args": True})
-@clean_errors
-def vm_ssh(
-    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
-    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
-    lab_dir: LabOpt = None,
-) -> None:
-    """Log in to a VM (or run a command there) with the lab's key."""
-    _ssh(name, command, lab_dir)
-
-
-@app.command("ssh")
-@clean_errors
-def ssh(
-    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
-    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
-    lab_dir: LabOpt = None,
-) -> None:
-    """Same as `kmodlab vm ssh`."""
-    _ssh(name, command, lab_dir)
+# `kmodlab ssh` is the same command, at the top level.
+app.command("ssh", help="Log in to a VM (or run a command there); same as `kmodlab vm ssh`.")(
+    vm_ssh
+)
 
 
 @vm_app.command("console")
