@@ -40,8 +40,8 @@ def playbook(guest: Guest, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def recap(output: str) -> dict[str, int]:
-    line = next(ln for ln in output.splitlines() if ln.startswith(f"{PLAIN} ") and "ok=" in ln)
+def recap(output: str, host: str = PLAIN) -> dict[str, int]:
+    line = next(ln for ln in output.splitlines() if ln.startswith(f"{host} ") and "ok=" in ln)
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
 

@@ -1,0 +1,56 @@
+"""kernel_headers' real install path, once, on the bare Secure Boot VM that lacks them."""
+
+from __future__ import annotations
+
+import subprocess
+
+from test_pipeline import _env, recap
+from vmhelpers import ROOT, SB, Guest
+
+
+def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
+    kernel = sb.run("uname -r").strip()
+    assert "rc=1" in sb.run(f"test -e /lib/modules/{kernel}/build", check=False)
+    proc = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "lab.yml",
+            "--limit",
+            SB,
+            "--tags",
+            "kernel_headers",
+        ],
+        cwd=ROOT,
+        env=_env(sb),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert recap(proc.stdout, SB)["changed"] >= 1
+    sb.run(f"test -e /lib/modules/{kernel}/build")
+    installed = sb.run("dpkg-query -W -f='${Package} ${Status}\\n' | grep 'ok installed'")
+    assert f"linux-headers-{kernel} " in installed
+    assert "dkms " in installed and "build-essential " in installed
+    # No recommends: not the metapackage, and no second kernel pulled in.
+    assert "linux-headers-amd64 " not in installed
+    images = [ln for ln in installed.splitlines() if ln.startswith("linux-image-6")]
+    assert len(images) == 1, images
+    again = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "lab.yml",
+            "--limit",
+            SB,
+            "--tags",
+            "kernel_headers",
+        ],
+        cwd=ROOT,
+        env=_env(sb),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert again.returncode == 0 and recap(again.stdout, SB)["changed"] == 0, again.stdout[-3000:]
