@@ -273,9 +273,13 @@ class Manifest(_Model):
         out: dict[str, ParamValue] = {}
         for key, value in params.items():
             try:
-                out[key] = self.param(key).validate_value(value, field=f"parameter {key}")
+                param = self.param(key)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
+            try:
+                out[key] = param.validate_value(value, field=f"parameter {key}")
+            except ValueError as exc:
+                raise ValueError(f"parameter {key} of {self.name}: {exc}") from None
         return out
 
     @model_validator(mode="after")

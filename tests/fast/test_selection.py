@@ -1,0 +1,73 @@
+"""Module selection: inventory entries joined with manifests, errors naming the field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kmodlab.manifest import ManifestError
+from kmodlab.selection import SelectionError, resolve
+
+MODULES = Path(__file__).resolve().parents[2] / "modules"
+
+
+def test_lab_params_with_overrides_and_defaults() -> None:
+    (rec,) = resolve(MODULES, [{"name": "hello-5", "params": {"myint": 7}}])
+    assert rec["kmod"] == "hello_5"
+    assert rec["params"]["myint"] == 7
+    assert rec["params"]["mystring"] == "hello-lab"  # the manifest's lab value
+    assert rec["state"] == "present" and rec["persist"] is True
+    assert rec["manifest"]["name"] == "hello-5"
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"name": "nope"}], "kmodlab_modules[0].name: unknown module 'nope'"),
+        (
+            [{"name": "hello-5", "params": {"mylong": "hello"}}],
+            "parameter mylong of hello-5: 'hello' is not an integer",
+        ),
+        ([{"name": "hello-5", "params": {"nosuch": 1}}], "has no parameter 'nosuch'"),
+        ([{"name": "memory", "state": "gone"}], "'gone' is not one of present, absent, config"),
+        ([{"name": "memory"}, {"name": "memory"}], "selected twice"),
+        ([{"name": "memory", "extra": 1}], "unknown key(s) extra"),
+        (["memory"], "each entry is a mapping"),
+    ],
+)
+def test_bad_entries(entries: list, message: str) -> None:
+    with pytest.raises(SelectionError) as exc:
+        resolve(MODULES, entries)
+    assert message in str(exc.value)
+
+
+def test_broken_manifest_names_file_and_field(tmp_path: Path) -> None:
+    shutil.copytree(MODULES, tmp_path / "modules")
+    path = tmp_path / "modules/hello-1/module.yml"
+    data = yaml.safe_load(path.read_text())
+    del data["license"]
+    data["version"] = 3
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError) as exc:
+        resolve(tmp_path / "modules", [{"name": "hello-1"}])
+    text = str(exc.value)
+    assert str(path) in text
+    assert "field license" in text and "field version" in text
+
+
+def test_dependencies_first_and_must_be_selected(tmp_path: Path) -> None:
+    shutil.copytree(MODULES, tmp_path / "modules")
+    path = tmp_path / "modules/hello-2/module.yml"
+    data = yaml.safe_load(path.read_text())
+    data["depends"] = ["startstop"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SelectionError, match="depends on 'startstop'; select 'startstop' too"):
+        resolve(tmp_path / "modules", [{"name": "hello-2"}])
+    order = [
+        r["name"]
+        for r in resolve(tmp_path / "modules", [{"name": "hello-2"}, {"name": "startstop"}])
+    ]
+    assert order.index("startstop") < order.index("hello-2")
