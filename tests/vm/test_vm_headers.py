@@ -28,7 +28,8 @@ def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert recap(proc.stdout, SB)["changed"] >= 1
+    counters = recap(proc.stdout, SB)
+    assert counters is not None and counters["changed"] >= 1
     sb.run(f"test -e /lib/modules/{kernel}/build")
     installed = sb.run("dpkg-query -W -f='${Package} ${Status}\\n' | grep 'ok installed'")
     assert f"linux-headers-{kernel} " in installed
@@ -53,4 +54,5 @@ def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
         timeout=900,
         check=False,
     )
-    assert again.returncode == 0 and recap(again.stdout, SB)["changed"] == 0, again.stdout[-3000:]
+    counters = recap(again.stdout, SB)
+    assert again.returncode == 0 and counters and counters["changed"] == 0, again.stdout[-3000:]
