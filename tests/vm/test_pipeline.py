@@ -48,6 +48,14 @@ def recap(output: str, host: str = PLAIN) -> dict[str, int] | None:
     return None
 
 
+def assert_not_reached(output: str) -> None:
+    """The play failed on the controller: no task ran on the host, nothing changed."""
+    counters = recap(output)
+    assert counters is not None, output[-3000:]
+    assert counters["ok"] == 0 and counters["changed"] == 0, output[-3000:]
+    assert "TASK [kernel_headers" not in output
+
+
 @pytest.fixture(scope="module")
 def converged(plain: Guest) -> Guest:
     """molecule default on the plain VM: converge, idempotence (changed=0), verify."""
@@ -87,7 +95,7 @@ def test_unknown_module_rejected_before_any_host_is_touched(converged: Guest) ->
     proc = playbook(converged, "-e", json.dumps({"kmodlab_modules": [{"name": "no-such-mod"}]}))
     assert proc.returncode != 0
     assert "unknown module 'no-such-mod'" in proc.stdout
-    assert recap(proc.stdout) is None  # failed on the controller, host never reached
+    assert_not_reached(proc.stdout)
     after = converged.run("sudo stat -c %Y /etc/ansible/facts.d/kmodlab_dkms_module.fact")
     assert before == after
 
@@ -98,7 +106,7 @@ def test_wrong_parameter_type_rejected_naming_module_and_parameter(converged: Gu
     assert proc.returncode != 0
     assert "hello-5" in proc.stdout and "mylong" in proc.stdout
     assert "'hello' is not an integer" in proc.stdout
-    assert recap(proc.stdout) is None
+    assert_not_reached(proc.stdout)
     # Still loaded with the lab's value, not defaults.
     assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == "42"
 
@@ -118,7 +126,7 @@ def test_broken_manifest_names_file_and_field(converged: Guest, manifests_copy: 
     proc = playbook(converged, "-e", f"kmodlab_manifest_dir={manifests_copy}")
     assert proc.returncode != 0
     assert f"{path}" in proc.stdout and "field license" in proc.stdout
-    assert recap(proc.stdout) is None
+    assert_not_reached(proc.stdout)
 
 
 def test_kernel_rejects_parameter_previous_config_restored(
