@@ -28,9 +28,10 @@ def _env(guest: Guest) -> dict[str, str]:
     }
 
 
-def playbook(guest: Guest, *args: str) -> subprocess.CompletedProcess[str]:
+def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.CompletedProcess[str]:
+    """Run lab.yml as users do, on one lab VM."""
     return subprocess.run(
-        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", PLAIN, *args],
+        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", limit, *args],
         cwd=ROOT,
         env=_env(guest),
         capture_output=True,

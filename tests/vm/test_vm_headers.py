@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from test_pipeline import _env, recap
-from vmhelpers import ROOT, SB, Guest
+from test_pipeline import playbook, recap
+from vmhelpers import SB, Guest
 
 
 def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
@@ -14,22 +12,7 @@ def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
     assert "rc=1" in sb.run(f"test -e /lib/modules/{kernel}/build", check=False)
     before = sb.run("dpkg-query -W -f='${Status}\\n' dkms build-essential 2>&1", check=False)
     assert "install ok installed" not in before
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/ansible-playbook"),
-            "lab.yml",
-            "--limit",
-            SB,
-            "--tags",
-            "kernel_headers",
-        ],
-        cwd=ROOT,
-        env=_env(sb),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    proc = playbook(sb, "--tags", "kernel_headers", limit=SB)
     assert proc.returncode == 0, proc.stdout[-4000:]
     counters = recap(proc.stdout, SB)
     assert counters is not None and counters["changed"] >= 1
@@ -41,21 +24,6 @@ def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:
     assert "linux-headers-amd64 " not in installed
     images = [ln for ln in installed.splitlines() if ln.startswith("linux-image-6")]
     assert len(images) == 1, images
-    again = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/ansible-playbook"),
-            "lab.yml",
-            "--limit",
-            SB,
-            "--tags",
-            "kernel_headers",
-        ],
-        cwd=ROOT,
-        env=_env(sb),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    again = playbook(sb, "--tags", "kernel_headers", limit=SB)
     counters = recap(again.stdout, SB)
     assert again.returncode == 0 and counters and counters["changed"] == 0, again.stdout[-3000:]
