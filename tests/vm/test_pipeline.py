@@ -14,7 +14,12 @@ import pytest
 import yaml
 from vmhelpers import PLAIN, ROOT, Guest
 
+from kmodlab.manifest import load_manifest
+
 VENV = ROOT / ".venv/bin"
+HELLO5 = load_manifest(ROOT / "modules/hello-5").wanted_params()
+_MEMORY = load_manifest(ROOT / "modules/memory")
+MEMORY_MAJOR = _MEMORY.expected_major(_MEMORY.expect.proc_devices[0], _MEMORY.wanted_params())
 
 
 def _env(guest: Guest) -> dict[str, str]:
@@ -109,7 +114,7 @@ def test_wrong_parameter_type_rejected_naming_module_and_parameter(converged: Gu
     assert "'hello' is not an integer" in proc.stdout
     assert_not_reached(proc.stdout)
     # Still loaded with the lab's value, not defaults.
-    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == "42"
+    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(HELLO5["myint"])
 
 
 @pytest.fixture
@@ -152,9 +157,9 @@ def test_kernel_rejects_parameter_previous_config_restored(
     assert "hello-5" in out or "hello_5" in out
     assert "mylong" in out
     assert "invalid for parameter" in out, out[-3000:]
-    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == "42"
-    assert converged.run("sudo cat /sys/module/hello_5/parameters/mylong").strip() == (
-        "1234567890123"
+    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(HELLO5["myint"])
+    assert converged.run("sudo cat /sys/module/hello_5/parameters/mylong").strip() == str(
+        HELLO5["mylong"]
     )
 
 
@@ -170,7 +175,7 @@ def test_fixed_major_taken_names_major_and_owner(converged: Guest) -> None:
     assert proc.returncode != 0
     assert major.group(1) in out and "chardev" in out, out[-3000:]
     # memory is back on its good major.
-    assert re.search(r"^\s*60 memory$", converged.run("cat /proc/devices"), re.M)
+    assert re.search(rf"^\s*{MEMORY_MAJOR} memory$", converged.run("cat /proc/devices"), re.M)
 
 
 def test_module_that_does_not_compile_others_still_verified(
