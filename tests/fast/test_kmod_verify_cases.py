@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from kmod_fixtures import MODULES, SELECTION
 
 from kmodlab.selection import resolve
 from kmodlab.verify import suite
@@ -18,15 +19,7 @@ from kmodlab.verify.expectations import (
     write_expectation,
 )
 
-MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
 KERNEL = "6.1.0-18-amd64"
-SELECTION = [
-    {"name": "hello-5"},
-    {"name": "gadget"},
-    {"name": "memory"},
-    {"name": "user", "state": "absent"},
-    {"name": "base", "state": "config"},
-]
 
 
 @pytest.fixture

@@ -15,18 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kmod_fixtures import MODULES, SELECTION
 
 from kmodlab.selection import resolve
 from kmodlab.verify.expectations import write_expectation
-
-MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
-SELECTION = [
-    {"name": "hello-5"},
-    {"name": "gadget"},
-    {"name": "memory"},
-    {"name": "user", "state": "absent"},
-    {"name": "base", "state": "config"},
-]
 
 pytestmark = pytest.mark.skipif(
     Path("/sys/module/hello_5").exists() or Path("/dev/gadget").exists(),
