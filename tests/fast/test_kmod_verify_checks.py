@@ -109,18 +109,15 @@ def healthy() -> dict[str, Any]:
     }
     commands = {
         "uname": {"rc": 0, "stdout": KERNEL + "\n", "stderr": ""},
-        "dkms": {
-            "rc": 0,
-            "stdout": (
-                f"hello-5/1.0.0, {KERNEL}, x86_64: installed\n"
-                f"gadget/0.3.0, {KERNEL}, x86_64: installed "
-                "(WARNING! Diff between built and installed module!)\n"
-                f"memory, 1.0.0, {KERNEL}, x86_64: installed\n"
-                f"base/1.0.0, {KERNEL}, x86_64: installed\n"
-                "hello-5/0.9.0, 5.10.0-1-amd64, x86_64: built\n"
-            ),
-            "stderr": "",
-        },
+    }
+    dkms = {
+        "entries": [
+            dkms_entry("hello-5", "1.0.0", KERNEL, "installed"),
+            dkms_entry("gadget", "0.3.0", KERNEL, "installed"),
+            dkms_entry("memory", "1.0.0", KERNEL, "installed"),
+            dkms_entry("base", "1.0.0", KERNEL, "installed"),
+            dkms_entry("hello-5", "0.9.0", "5.10.0-1-amd64", "built"),
+        ]
     }
     for name in ("hello-5", "gadget", "memory", "base"):
         commands[f"modinfo:{name}"] = {
@@ -130,6 +127,7 @@ def healthy() -> dict[str, Any]:
         }
     return {
         "euid": 0,
+        "dkms": dkms,
         "stat": stat,
         "read": {p: {"ok": True, "text": t} for p, t in read.items()},
         "list": {
@@ -225,6 +223,25 @@ def broken(change) -> dict[str, Any]:
     return data
 
 
+def dkms_entry(name, version, kernel, status, diff=False):
+    """An entry as kmodlab_dkms_status.read_tree returns it."""
+    note = " (WARNING! Diff between built and installed module!)" if diff else ""
+    return {
+        "name": name,
+        "version": version,
+        "kernel": kernel,
+        "arch": "x86_64",
+        "status": status,
+        "diff": diff,
+        "missing": False,
+        "line": f"{name}/{version}, {kernel}, x86_64: {status}{note}",
+    }
+
+
+def set_dkms(*entries):
+    return lambda d: d.__setitem__("dkms", {"entries": list(entries)})
+
+
 def set_read(path, text):
     return lambda d: d["read"].__setitem__(path, {"ok": True, "text": text})
 
@@ -237,14 +254,26 @@ BROKEN = [
     (
         "hello-5",
         checks.dkms_built,
-        lambda d: d["commands"]["dkms"].update(stdout=""),
+        set_dkms(),
         "not built or installed",
     ),
     (
         "hello-5",
         checks.dkms_installed,
-        lambda d: d["commands"]["dkms"].update(stdout=f"hello-5/1.0.0, {KERNEL}, x86_64: built\n"),
+        set_dkms(dkms_entry("hello-5", "1.0.0", KERNEL, "built")),
         "not installed for kernel",
+    ),
+    (
+        "hello-5",
+        checks.dkms_installed,
+        set_dkms(dkms_entry("hello-5", "1.0.0", KERNEL, "installed", diff=True)),
+        "Diff between built and installed module",
+    ),
+    (
+        "hello-5",
+        checks.dkms_built,
+        lambda d: d.__setitem__("dkms", {"error": "reading /var/lib/dkms failed: boom"}),
+        "the DKMS tree could not be read",
     ),
     (
         "hello-5",

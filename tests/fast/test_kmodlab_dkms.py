@@ -1,10 +1,11 @@
 """Fast tier: the kmodlab_dkms Ansible module, with dkms mocked.
 
 ``AnsibleModule.run_command`` is replaced by ``FakeDkms``, a small model of dkms 3.0.10's
-add/build/install/uninstall/remove/status (behaviour checked against the real one on
-Debian 12) working in a scratch folder; ``get_bin_path`` and the /lib/modules, /boot and
-/etc paths point there too. Each test asserts on the module's result and on the commands
-it ran.
+add/build/install/uninstall/remove (behaviour checked against the real one on Debian 12)
+that keeps dkms's tree in a scratch folder, laid out as dkms lays it out (the module reads
+its state from there; the VM tier checks that reading against the real ``dkms status``);
+``get_bin_path`` and the /lib/modules, /boot and /etc paths point there too. Each test
+asserts on the module's result and on the commands it ran.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -67,7 +69,7 @@ def _fail_json(self, msg, **kwargs):
 class FakeDkms:
     """dkms's state machine over a scratch source tree and DKMS tree."""
 
-    def __init__(self, root: Path, fmt: str = "3"):
+    def __init__(self, root: Path):
         self.root = root
         self.src = root / "usr/src"
         self.tree = root / "var/lib/dkms"
@@ -75,7 +77,6 @@ class FakeDkms:
         self.src.mkdir(parents=True)
         self.tree.mkdir(parents=True)
         (self.lib / K / "build").mkdir(parents=True)
-        self.fmt = fmt
         # (name, version) -> {kernel: "built" | "installed"}; "diff" marks a replaced .ko
         self.reg: dict[tuple[str, str], dict[str, str]] = {}
         self.diff: set[tuple[str, str]] = set()
@@ -111,9 +112,6 @@ class FakeDkms:
                 out.append(f"{a[0]} {a[a.index('-m') + 1]}/{a[a.index('-v') + 1]}")
         return out
 
-    def status_calls(self):
-        return [a for a in self.calls if a[0] == DKMS and a[1] == "status"]
-
     def depmods(self):
         return [a for a in self.calls if a[0] == DEPMOD]
 
@@ -123,17 +121,52 @@ class FakeDkms:
             if n == name and kernels.get(kernel) == "installed":
                 kernels[kernel] = "built"
 
-    def _line(self, name, version, kernel=None, state="added"):
-        if kernel is None:
-            head = f"{name}/{version}" if self.fmt == "3" else f"{name}, {version}"
-            return f"{head}: added"
-        head = f"{name}/{version}" if self.fmt == "3" else f"{name}, {version}"
-        line = f"{head}, {kernel}, {ARCH}: {state}"
-        if (name, version) in self.diff and state == "installed":
-            line += " (WARNING! Diff between built and installed module!)"
-        return line
+    def sync(self):
+        """Lay the model out as dkms 3.0.10 keeps it: ``VERSION/source``, built modules in
+        ``VERSION/KERNEL/ARCH/module``, the ``kernel-KERNEL-ARCH`` link of the installed
+        version and its copy in /lib/modules (other content there when in ``diff``)."""
+        names = {n for n, _v in self.reg} | {
+            d.name for d in self.tree.iterdir() if d.is_dir() and not d.is_symlink()
+        }
+        for name in sorted(names):
+            base = self.tree / name
+            base.mkdir(parents=True, exist_ok=True)
+            for link in base.glob("kernel-*"):
+                link.unlink()
+            kernels = {k for (n, _v), ks in self.reg.items() if n == name for k in ks}
+            kernels |= {p.parent.parent.name for p in base.glob(f"*/*/{ARCH}/module")}
+            for kernel in kernels:
+                copy = self.lib / kernel / "updates/dkms" / f"{name}.ko"
+                if copy.exists():
+                    copy.unlink()
+            for (n, version), ks in sorted(self.reg.items()):
+                if n != name:
+                    continue
+                source = base / version / "source"
+                if not source.is_symlink():
+                    source.parent.mkdir(parents=True, exist_ok=True)
+                    source.symlink_to(self.src / f"{name}-{version}")
+                for built in base.glob(f"{version}/*/{ARCH}/module"):
+                    if built.parent.parent.name not in ks:
+                        shutil.rmtree(built)
+                for kernel, state in ks.items():
+                    built = base / version / kernel / ARCH / "module"
+                    built.mkdir(parents=True, exist_ok=True)
+                    (built / f"{name}.ko").write_text(f"{name} {version} {kernel}")
+                    if state == "installed":
+                        (base / f"kernel-{kernel}-{ARCH}").symlink_to(f"{version}/{kernel}/{ARCH}")
+                        copy = self.lib / kernel / "updates/dkms" / f"{name}.ko"
+                        copy.parent.mkdir(parents=True, exist_ok=True)
+                        replaced = (name, version) in self.diff
+                        copy.write_text("replaced" if replaced else f"{name} {version} {kernel}")
 
-    def __call__(self, _module, argv, **kwargs):
+    def __call__(self, module, argv, **kwargs):
+        result = self.dispatch(module, argv, **kwargs)
+        with self.lock:
+            self.sync()
+        return result
+
+    def dispatch(self, _module, argv, **kwargs):
         argv = list(argv)
         with self.lock:
             self.calls.append(argv)
@@ -148,17 +181,6 @@ class FakeDkms:
 
         name, version, kernel = opt("-m"), opt("-v"), opt("-k")
         key = (name, version)
-        if verb == "status":
-            lines = []
-            for (n, v), kernels in sorted(self.reg.items()):
-                if (name and n != name) or (version and v != version):
-                    continue
-                shown = {k: s for k, s in kernels.items() if not kernel or k == kernel}
-                if not shown:
-                    lines.append(self._line(n, v))
-                for k, s in sorted(shown.items()):
-                    lines.append(self._line(n, v, k, s))
-            return 0, "".join(line + "\n" for line in lines), ""
         if verb == "add":
             if key in self.reg:
                 return 3, "", "Error! DKMS tree already contains: ..."
@@ -230,8 +252,6 @@ class FakeDkms:
             self.diff.discard(key)
             folder = self.tree / name / version
             if folder.exists():
-                import shutil
-
                 shutil.rmtree(folder)
             return 0, f"Deleting module {name}-{version} completely from the DKMS tree.\n", ""
         raise AssertionError(f"unexpected dkms call {argv}")
@@ -285,6 +305,7 @@ def run(fake, packages, check=False, diff=False, bins=("dkms", "depmod"), **args
             raise FailJson({"msg": f"Failed to find required executable {name}", "failed": True})
         return None
 
+    fake.sync()
     with (
         patch_module_args(params),
         mock.patch.multiple(
@@ -340,18 +361,19 @@ def test_new_package_is_written_added_built_installed(dkms):
     assert res["fact_changed"] is True
 
 
-def test_second_run_changes_nothing_and_only_reads_status(dkms):
+def test_second_run_changes_nothing_and_runs_no_command(dkms):
     fact = str(dkms.root / "facts.d/dkms.fact")
     run(dkms, [pkg("hello", "1.0"), pkg("chardev", "2.0")], fact_path=fact)
     dkms.calls.clear()
     res = run(dkms, [pkg("hello", "1.0"), pkg("chardev", "2.0")], fact_path=fact)
     assert res["changed"] is False and res["fact_changed"] is False
     assert all(p["actions"] == [] and p["changed"] is False for p in res["packages"])
-    # one scoped status per package, nothing else
-    assert sorted(a[1:] for a in dkms.calls) == [
-        ["status", "-m", "chardev"],
-        ["status", "-m", "hello"],
-    ]
+    # the state comes from the DKMS tree: not even dkms status runs
+    assert dkms.calls == []
+    assert {p["name"]: p["before"] for p in res["packages"]} == {
+        "hello": {"1.0": "installed"},
+        "chardev": {"2.0": "installed"},
+    }
 
 
 def test_check_mode_reports_the_plan_and_runs_nothing(dkms):
@@ -362,10 +384,10 @@ def test_check_mode_reports_the_plan_and_runs_nothing(dkms):
     assert p["actions"] == ["sources", "add", "build", "install"]
     assert p["after"] == {"1.0": "installed"} and p["status"] == "installed"
     assert res["depmod"] == [K]
-    # nothing written, nothing run but status
-    assert dkms.commands() == [] and dkms.depmods() == []
+    # nothing written, nothing run
+    assert dkms.calls == []
     assert not (dkms.src / "hello-1.0").exists() and not fact.exists()
-    # diff: dkms status before/after and the new files
+    # diff: dkms status lines before/after and the new files
     status_diff = res["diff"][0]
     assert status_diff["before"] == ""
     assert status_diff["after"] == f"hello/1.0, {K}, {ARCH}: installed\n"
@@ -380,17 +402,6 @@ def test_check_mode_on_a_converged_host_reports_no_change(dkms):
     res = run(dkms, [pkg("hello", "1.0")], check=True)
     assert res["changed"] is False and by_name(res)["hello"]["actions"] == []
     assert dkms.commands() == []
-
-
-def test_old_dkms_status_format_is_understood(tmp_path, monkeypatch):
-    fake = FakeDkms(tmp_path, fmt="2")
-    monkeypatch.setattr(kmodlab_dkms, "LIB_MODULES", str(fake.lib))
-    (fake.tree / "mok.key").write_text("k")
-    (fake.tree / "mok.pub").write_text("c")
-    fake.register("hello", "1.0")
-    res = run(fake, [{"name": "hello", "version": "1.0"}])
-    assert res["changed"] is False
-    assert by_name(res)["hello"]["before"] == {"1.0": "installed"}
 
 
 # -- partial states ------------------------------------------------------------------
@@ -521,7 +532,7 @@ def test_an_install_that_exits_0_but_installs_nothing_is_a_failure(dkms):
     res = run(dkms, [pkg("hello", "1.0")])
     p = by_name(res)["hello"]
     assert p["failed"] is True and p["step"] == "install"
-    assert "exited 0 but dkms status says" in p["msg"]
+    assert "exited 0 but the DKMS tree says" in p["msg"]
 
 
 def test_missing_headers_fail_before_anything_runs(dkms):

@@ -26,10 +26,6 @@ from kmodlab.verify.observe import (
 )
 
 KERNEL_LINES = 20
-_DKMS_LINE = re.compile(
-    r"^(?P<name>[^/,\s]+)[/,]\s*(?P<version>[^,:\s]+),\s*(?P<kernel>[^,:\s]+)"
-    r"(?:,\s*(?P<arch>[^:\s]+))?:\s*(?P<status>[A-Za-z-]+)(?P<extra>.*)$"
-)
 
 
 # ------------------------------------------------------------------ values
@@ -164,38 +160,21 @@ def host(expectation_kernel: str, obs: Observation) -> list[str]:
 # ------------------------------------------------------------------ DKMS and files
 
 
-def dkms_entries(obs: Observation) -> list[dict[str, str]]:
-    out = []
-    for line in obs.command("dkms")["stdout"].splitlines():
-        match = _DKMS_LINE.match(line.strip())
-        if match:
-            out.append(match.groupdict())
-    return out
-
-
 def _dkms(
     record: dict[str, Any], obs: Observation, kernel: str, statuses: tuple[str, ...]
 ) -> list[str]:
-    res = obs.command("dkms")
-    if res["rc"] != 0:
-        return [f"dkms status failed (rc {res['rc']}): {res['stderr'].strip()}"]
-    mine = [
-        e
-        for e in dkms_entries(obs)
-        if e["name"] == record["name"] and e["version"] == record["version"]
-    ]
-    if any(e["kernel"] == kernel and e["status"] in statuses for e in mine):
+    tree = obs.dkms
+    if "error" in tree:
+        return [f"the DKMS tree could not be read: {tree['error']}"]
+    entries = [e for e in tree.get("entries", []) if e["name"] == record["name"]]
+    mine = [e for e in entries if e["version"] == record["version"]]
+    wanted = [e for e in mine if e["kernel"] == kernel and e["status"] in statuses]
+    if wanted and not any(e["diff"] or e["missing"] for e in wanted):
         return []
-    seen = "; ".join(
-        f"{e['name']}/{e['version']} {e['kernel']}: {e['status']}{e['extra']}" for e in mine
-    )
-    others = "; ".join(
-        f"{e['name']}/{e['version']} {e['kernel']}: {e['status']}"
-        for e in dkms_entries(obs)
-        if e["name"] == record["name"] and e not in mine
-    )
+    seen = "; ".join(e["line"] for e in mine)
+    others = "; ".join(e["line"] for e in entries if e not in mine)
     return [
-        f"dkms status shows {record['name']}/{record['version']} not "
+        f"DKMS shows {record['name']}/{record['version']} not "
         f"{' or '.join(statuses)} for kernel {kernel} (it shows: {seen or 'nothing'}"
         + (f"; other versions: {others}" if others else "")
         + ")"

@@ -17,6 +17,9 @@ from typing import Any
 from kmodlab.verify.expectations import Expectation
 
 COLLECTOR = Path(__file__).with_name("_collector.py")
+# The DKMS tree reader the kmodlab_dkms Ansible module uses, sent inside the collector.
+DKMS_STATUS = Path(__file__).parents[1] / "ansible/module_utils/kmodlab_dkms_status.py"
+DKMS_TREE = "/var/lib/dkms"
 PROC_DEVICES = "/proc/devices"
 MODPROBE_D = "/etc/modprobe.d"
 MODULES_LOAD_D = "/etc/modules-load.d"
@@ -58,7 +61,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
     stat: list[str] = []
     read: list[str] = [PROC_DEVICES]
     listing: list[str] = []
-    commands: dict[str, list[str]] = {"uname": ["uname", "-r"], "dkms": ["dkms", "status"]}
+    commands: dict[str, list[str]] = {"uname": ["uname", "-r"]}
     functional: list[dict[str, Any]] = []
     for rec in expectation.modules:
         base = sys_module(rec)
@@ -109,6 +112,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
         "read": list(dict.fromkeys(read)),
         "list": list(dict.fromkeys(listing)),
         "commands": commands,
+        "dkms": {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]},
         "kernel_log": True,
         "functional": functional,
     }
@@ -143,6 +147,11 @@ class Observation:
     def listing(self, path: str) -> list[str] | None:
         return self.data.get("list", {}).get(path)
 
+    @property
+    def dkms(self) -> dict[str, Any]:
+        """``{"entries": [...]}`` (dkms status entries of the host's packages) or ``{"error"}``."""
+        return self.data.get("dkms") or {"error": "the DKMS tree was not read"}
+
     def command(self, key: str) -> dict[str, Any]:
         return self.data.get("commands", {}).get(key) or {
             "rc": -1,
@@ -169,7 +178,12 @@ class Observation:
 
 
 def collector_source() -> str:
-    return COLLECTOR.read_text()
+    """The collector, with the DKMS tree reader's source in its ``DKMS_STATUS_SOURCE``."""
+    source = COLLECTOR.read_text()
+    marker = 'DKMS_STATUS_SOURCE = ""'
+    if marker not in source:
+        raise RuntimeError(f"{COLLECTOR} lacks the line {marker}")
+    return source.replace(marker, f"DKMS_STATUS_SOURCE = {DKMS_STATUS.read_text()!r}", 1)
 
 
 def observe(host: Any, expectation: Expectation) -> Observation:
