@@ -85,6 +85,10 @@ class FakeDkms:
         self.running = 0
         self.max_running = 0
         self.build_delay = 0.0
+        # Builds wait (at most build_delay) until this many run at once: concurrency is
+        # shown however slowly threads start on a busy machine.
+        self.together = 0
+        self.gate = threading.Condition(self.lock)
         self.install_refuses: set[str] = set()  # names whose install exits 0 but copies nothing
 
     # -- helpers for tests -----------------------------------------------------------
@@ -192,14 +196,17 @@ class FakeDkms:
             return 0, f"Creating symlink {self.tree}/{name}/{version}/source\n", ""
         if verb == "build":
             assert key in self.reg and kernel not in self.reg[key], (key, self.reg)
-            with self.lock:
+            with self.gate:
                 self.running += 1
                 self.max_running = max(self.max_running, self.running)
-            try:
-                time.sleep(self.build_delay)
-            finally:
-                with self.lock:
-                    self.running -= 1
+                self.gate.notify_all()
+                deadline = time.monotonic() + self.build_delay
+                while self.max_running < self.together or not self.together:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.gate.wait(left)
+                self.running -= 1
             sources = "".join(p.read_text() for p in (self.src / f"{name}-{version}").glob("*.c"))
             build = self.tree / name / version / "build"
             build.mkdir(parents=True, exist_ok=True)
@@ -676,7 +683,7 @@ def test_absent_removes_every_version_and_its_sources(dkms):
 
 
 def test_builds_run_concurrently(dkms):
-    dkms.build_delay = 0.3
+    dkms.build_delay, dkms.together = 10, 3
     res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
     assert res["failed_packages"] == []
     assert dkms.max_running == 3
@@ -691,7 +698,8 @@ def test_jobs_limits_the_concurrent_builds(dkms):
 
 def test_without_a_signing_key_the_first_build_runs_alone(dkms):
     (dkms.tree / "mok.key").unlink()
-    dkms.build_delay = 0.3
+    # the first build waits out the delay alone, the other two meet
+    dkms.build_delay, dkms.together = 1.5, 2
     res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
     assert res["failed_packages"] == []
     builds = [i for i, a in enumerate(dkms.calls) if a[1] == "build"]
