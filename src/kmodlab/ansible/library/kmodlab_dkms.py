@@ -1045,8 +1045,9 @@ class Dkms:
         if needs_build and not os.path.isdir(headers):
             msg = (
                 "no kernel headers for %s (%s is missing), needed to build %s: run the "
-                "kernel_headers role or install the headers package for that kernel"
-                % (self.kernel, headers, ", ".join(needs_build))
+                "kernel_headers role, or (re)install the headers package for that kernel "
+                "(apt-get install --reinstall linux-headers-%s on Debian)"
+                % (self.kernel, headers, ", ".join(needs_build), self.kernel)
             )
             if not self.check_mode:
                 self.module.fail_json(msg=msg, kernel=self.kernel)

@@ -11,7 +11,8 @@ module: kmodlab_files
 short_description: Write or remove many small configuration files in one call
 description:
   - Each file is compared with its wanted content and mode; only differing files are
-    written (atomically, owned by root) or removed.
+    written (atomically, owned by root, creating a missing folder with mode 0755) or
+    removed.
   - One call for all files, because every task round trip to an emulated guest costs
     seconds, and a loop of M(ansible.builtin.copy) costs two per file.
 options:
@@ -122,12 +123,16 @@ def main():
                 os.unlink(path)
             else:
                 directory = os.path.dirname(path)
+                if not os.path.isdir(directory):
+                    os.makedirs(directory, 0o755)
                 fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kmodlab-")
                 with os.fdopen(fd, "w") as fh:
                     fh.write(content)
                 os.chmod(tmp, mode)
                 os.chown(tmp, 0, 0)
                 module.atomic_move(tmp, path)
+                # atomic_move keeps the old file's mode, or gives a new one the umask's.
+                os.chmod(path, mode)
         except OSError as exc:
             module.fail_json(
                 msg="could not update %s: %s (run with become: true)" % (path, exc),
