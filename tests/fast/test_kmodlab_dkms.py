@@ -89,6 +89,7 @@ class FakeDkms:
         # shown however slowly threads start on a busy machine.
         self.together = 0
         self.gate = threading.Condition(self.lock)
+        self.events: list[tuple[str, str]] = []  # ("start" | "end", name) of builds
         self.install_refuses: set[str] = set()  # names whose install exits 0 but copies nothing
 
     # -- helpers for tests -----------------------------------------------------------
@@ -125,13 +126,16 @@ class FakeDkms:
             if n == name and kernels.get(kernel) == "installed":
                 kernels[kernel] = "built"
 
-    def sync(self):
+    def sync(self, only=None):
         """Lay the model out as dkms 3.0.10 keeps it: ``VERSION/source``, built modules in
         ``VERSION/KERNEL/ARCH/module``, the ``kernel-KERNEL-ARCH`` link of the installed
-        version and its copy in /lib/modules (other content there when in ``diff``)."""
+        version and its copy in /lib/modules (other content there when in ``diff``).
+        ``only``: the one package a dkms call touched (dkms leaves the others alone)."""
         names = {n for n, _v in self.reg} | {
             d.name for d in self.tree.iterdir() if d.is_dir() and not d.is_symlink()
         }
+        if only is not None:
+            names &= {only}
         for name in sorted(names):
             base = self.tree / name
             base.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,7 @@ class FakeDkms:
     def __call__(self, module, argv, **kwargs):
         result = self.dispatch(module, argv, **kwargs)
         with self.lock:
-            self.sync()
+            self.sync(only=argv[argv.index("-m") + 1] if "-m" in argv else None)
         return result
 
     def dispatch(self, _module, argv, **kwargs):
@@ -197,6 +201,7 @@ class FakeDkms:
         if verb == "build":
             assert key in self.reg and kernel not in self.reg[key], (key, self.reg)
             with self.gate:
+                self.events.append(("start", name))
                 self.running += 1
                 self.max_running = max(self.max_running, self.running)
                 self.gate.notify_all()
@@ -207,6 +212,7 @@ class FakeDkms:
                         break
                     self.gate.wait(left)
                 self.running -= 1
+                self.events.append(("end", name))
             sources = "".join(p.read_text() for p in (self.src / f"{name}-{version}").glob("*.c"))
             build = self.tree / name / version / "build"
             build.mkdir(parents=True, exist_ok=True)
@@ -701,12 +707,11 @@ def test_without_a_signing_key_the_first_build_runs_alone(dkms):
     # the first build waits out the delay alone, the other two meet
     dkms.build_delay, dkms.together = 1.5, 2
     res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
-    assert res["failed_packages"] == []
-    builds = [i for i, a in enumerate(dkms.calls) if a[1] == "build"]
-    installs = [i for i, a in enumerate(dkms.calls) if a[1] == "install"]
+    assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
     # dkms generates its key on the first build: no other build starts before it is done
-    assert len(builds) == 3 and builds[0] < installs[0] < builds[1]
+    assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
     assert dkms.max_running == 2
+    assert len(dkms.commands("install")) == 3
 
 
 # -- input checks ------------------------------------------------------------------------

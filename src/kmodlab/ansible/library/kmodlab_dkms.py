@@ -14,6 +14,10 @@ Concurrency, reasoned rather than measured:
   CPU uses an emulated guest's vCPUs. The one shared write is the signing key dkms
   generates on its first build (``/var/lib/dkms/mok.key``): when it is missing, the first
   build runs alone.
+* The serial steps before a build (sources, ``dkms add``: 2 s each in a TCG guest) run in
+  the main thread, package after package, and each build is handed to the pool as soon as
+  its package is prepared, so they overlap with the first builds. ``dkms add`` only
+  writes ``$dkms_tree/NAME/VERSION``, which no running build touches.
 * ``dkms install`` steps run one at a time, with ``--no-depmod``: each would otherwise run
   ``depmod -a`` (tens of seconds in a TCG guest), and concurrent depmods rewrite the same
   ``modules.dep``. One ``depmod -a KERNEL`` runs at the end. Installs start as soon as
@@ -940,36 +944,44 @@ class Dkms:
             ):
                 for version in p.stale:
                     self.delete_source(p, version)
-        for p in present:
-            if p.steps or p.adopt_digest:
-                self.prepare(p, entries)
-            if p.adopt_digest and not p.failed:
-                self.write_digest(p)
-        to_build = [p for p in present if p.has("build") and not p.failed]
-        installs_only = [p for p in present if p.has("install") and not p.has("build")]
-        for p in installs_only:
-            if not p.failed:
-                self.install(p, entries)
-        for p in present:
-            if not p.has("install") and not p.failed:
-                # Already installed: only leftovers of other versions to drop.
-                self.drop_others(p, entries)
-        if to_build:
-            workers = self.workers(len(to_build))
-            queue = list(to_build)
-            if len(queue) > 1 and self.signing_key_missing():
-                first = queue.pop(0)
-                self.build(first)
-                if not first.failed:
-                    self.install(first, entries)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(self.build, p) for p in queue]
-                # Install each package as soon as its build is done, one at a time, while
-                # the other builds go on.
-                for future in as_completed(futures):
-                    p = future.result()
-                    if not p.failed:
-                        self.install(p, entries)
+        builds_wanted = [p for p in present if p.has("build")]
+        workers = self.workers(len(builds_wanted))
+        # Only the first build may create dkms's signing key: the others wait for it.
+        key_first = len(builds_wanted) > 1 and self.signing_key_missing()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = []
+            held = []
+            # Each build starts as soon as its package is prepared, so the serial steps
+            # (sources, dkms add: seconds each in an emulated guest) of the next
+            # packages overlap with the builds of the first ones.
+            for p in present:
+                if p.steps or p.adopt_digest:
+                    self.prepare(p, entries)
+                if p.adopt_digest and not p.failed:
+                    self.write_digest(p)
+                if not p.has("build") or p.failed:
+                    continue
+                if key_first and futures:
+                    held.append(p)
+                else:
+                    futures.append(pool.submit(self.build, p))
+            for p in present:
+                if p.failed or p.has("build"):
+                    continue
+                if p.has("install"):
+                    self.install(p, entries)
+                else:
+                    # Already installed: only leftovers of other versions to drop.
+                    self.drop_others(p, entries)
+            if held:
+                futures[0].result()
+                futures += [pool.submit(self.build, p) for p in held]
+            # Install each package as soon as its build is done, one at a time, while
+            # the other builds go on.
+            for future in as_completed(futures):
+                p = future.result()
+                if not p.failed:
+                    self.install(p, entries)
         for p in present:
             self.cleanup(p)
         if self.depmod_kernels:
