@@ -8,7 +8,12 @@ the same states. The VM tier compares the reader with the real ``dkms status``.
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+from kmodlab.verify.observe import collector_source
 
 REPO = Path(__file__).resolve().parents[2]
 _SPEC = importlib.util.spec_from_file_location(
@@ -199,3 +204,18 @@ def test_tail_and_digest(tmp_path):
     (src / "a.c").write_text("int a = 1;\n")
     assert status.source_digest(str(src)) != first
     assert status.source_digest(str(tmp_path / "nope")) is None
+
+
+def test_the_verify_collector_carries_the_same_reader(tmp_path):
+    t = tree(tmp_path).add("foo", "1.0").build("foo", "1.0")
+    t.add("bar", "2.0")
+    request = {"dkms": {"tree": str(t.dkms), "names": ["foo", "bar", "nope"]}}
+    proc = subprocess.run(
+        [sys.executable, "-c", collector_source(), json.dumps(request)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entries = json.loads(proc.stdout)["dkms"]["entries"]
+    assert sorted(e["line"] for e in entries) == t.lines("foo", "bar")
+    assert t.lines("foo", "bar") == ["bar/2.0: added", f"foo/1.0, {K}, {A}: built"]
