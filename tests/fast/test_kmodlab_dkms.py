@@ -43,6 +43,7 @@ K = "6.1.0-56-amd64"
 ARCH = os.uname()[4]
 DKMS = "/usr/sbin/dkms"
 DEPMOD = "/usr/sbin/depmod"
+OPENSSL = "/usr/bin/openssl"
 GOOD_C = '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'
 BAD_C = "int x = no_such_symbol;\n"
 
@@ -180,6 +181,12 @@ class FakeDkms:
             self.calls.append(argv)
         if argv[0] == DEPMOD:
             return 0, "", ""
+        if argv[0] == OPENSSL:
+            # req -x509 -newkey ... -keyout KEY -outform DER -out CERT, as dkms runs it
+            assert argv[1:3] == ["req", "-new"] and "/CN=DKMS module signing key" in argv
+            Path(argv[argv.index("-keyout") + 1]).write_text("key")
+            Path(argv[argv.index("-out") + 1]).write_text("cert")
+            return 0, "", ""
         assert argv[0] == DKMS, argv
         assert kwargs.get("environ_update", {}).get("LC_ALL") == "C"
         verb, rest = argv[1], argv[2:]
@@ -270,6 +277,9 @@ class FakeDkms:
         raise AssertionError(f"unexpected dkms call {argv}")
 
 
+BINS_OPENSSL = ("dkms", "depmod", "openssl")
+
+
 def pkg_files(name, version, c=GOOD_C):
     return {
         f"{name}.c": c,
@@ -309,7 +319,7 @@ def run(fake, packages, check=False, diff=False, bins=("dkms", "depmod"), **args
         "_ansible_diff": diff,
         **args,
     }
-    paths = {"dkms": DKMS, "depmod": DEPMOD}
+    paths = {"dkms": DKMS, "depmod": DEPMOD, "openssl": OPENSSL}
 
     def get_bin_path(_self, name, required=False, opt_dirs=None):
         if name in bins:
@@ -354,6 +364,11 @@ def test_new_package_is_written_added_built_installed(dkms):
     assert p["files_changed"] == ["Kbuild", "dkms.conf", "hello.c"]
     assert (p["before"], p["after"], p["status"]) == ({}, {"1.0": "installed"}, "installed")
     assert dkms.commands() == ["add hello/1.0", "build hello/1.0", "install hello/1.0"]
+    # when each step started and how long it took, in order
+    timing = p["timing"]
+    assert set(timing) == {"add", "build", "install"}
+    assert timing["add"][0] <= timing["build"][0] <= timing["install"][0]
+    assert all(seconds >= 0 for _start, seconds in timing.values())
     assert (dkms.src / "hello-1.0/hello.c").read_text() == GOOD_C
     assert oct((dkms.src / "hello-1.0/hello.c").stat().st_mode & 0o777) == "0o644"
     # one depmod, for the kernel, after the installs
@@ -702,7 +717,7 @@ def test_jobs_limits_the_concurrent_builds(dkms):
     assert dkms.max_running == 1
 
 
-def test_without_a_signing_key_the_first_build_runs_alone(dkms):
+def test_without_a_signing_key_or_openssl_the_first_build_runs_alone(dkms):
     (dkms.tree / "mok.key").unlink()
     # the first build waits out the delay alone, the other two meet
     dkms.build_delay, dkms.together = 1.5, 2
@@ -712,6 +727,31 @@ def test_without_a_signing_key_the_first_build_runs_alone(dkms):
     assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
     assert dkms.max_running == 2
     assert len(dkms.commands("install")) == 3
+
+
+def test_without_a_signing_key_it_is_made_first_then_all_builds_run_at_once(dkms):
+    (dkms.tree / "mok.key").unlink()
+    (dkms.tree / "mok.pub").unlink()
+    dkms.build_delay, dkms.together = 10, 3
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3, bins=BINS_OPENSSL)
+    assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
+    first_build = next(i for i, a in enumerate(dkms.calls) if a[0] == DKMS and a[1] == "build")
+    assert [a[0] for a in dkms.calls[:first_build]].count(OPENSSL) == 1
+    assert dkms.max_running == 3
+    key = dkms.tree / "mok.key"
+    assert key.read_text() == "key" and oct(key.stat().st_mode & 0o777) == "0o600"
+    assert (dkms.tree / "mok.pub").read_text() == "cert"
+
+
+def test_ubuntu_keys_are_left_to_dkms_and_the_first_build_runs_alone(dkms, tmp_path):
+    (dkms.tree / "mok.key").unlink()
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc/os-release").write_text("NAME=Ubuntu\nID=ubuntu\n")
+    dkms.build_delay, dkms.together = 1.5, 2
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3, bins=BINS_OPENSSL)
+    assert res["failed_packages"] == []
+    assert all(a[0] != OPENSSL for a in dkms.calls)
+    assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
 
 
 # -- input checks ------------------------------------------------------------------------

@@ -264,6 +264,14 @@ packages:
       type: list
       elements: str
       returned: always
+    timing:
+      description:
+        - For each dkms step this run took (C(add), C(build), C(install)), when it started
+          (seconds after the module started) and how long it took, in seconds.
+        - Shows where a slow run spends its time, such as builds waiting for each other.
+      type: dict
+      returned: always
+      sample: {"add": [0.4, 2.1], "build": [2.5, 33.0], "install": [35.6, 3.7]}
     failed:
       description: Whether this package failed.
       type: bool
@@ -320,6 +328,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from ansible.module_utils.basic import AnsibleModule
@@ -405,6 +414,7 @@ class Package:
         self.reverted = False
         self.added_now = False
         self.adopt_digest = False
+        self.timing = {}
 
     @property
     def failed(self):
@@ -445,10 +455,48 @@ class Package:
             "files_changed": self.files_changed,
             "removed_versions": self.planned_removals if check_mode else self.removed_versions,
             "failed": self.failed,
+            "timing": self.timing,
         }
         if self.failure:
             out.update(self.failure)
         return out
+
+
+class BuildQueue:
+    """Builds on a thread pool, held back while a gate is open.
+
+    The gate is the creation of dkms's signing key (a future returning whether the key is
+    there), or a first build that creates it; held builds start once it is done.
+    """
+
+    def __init__(self, pool, build):
+        self.pool = pool
+        self.build = build
+        self.futures = []
+        self.held = []
+        self.gate = None
+        self.first_alone = False
+
+    def add(self, p):
+        self.pump()
+        if self.gate is not None:
+            self.held.append(p)
+            return
+        future = self.pool.submit(self.build, p)
+        self.futures.append(future)
+        if self.first_alone:
+            self.first_alone = False
+            self.gate = future
+
+    def pump(self, wait=False):
+        """Release the held builds once the gate is done (``wait``: wait for it)."""
+        while self.gate is not None and (wait or self.gate.done()):
+            # The key gate returns False when no key could be made: a build makes it.
+            self.first_alone = self.gate.result() is False
+            self.gate = None
+            held, self.held = self.held, []
+            for p in held:
+                self.add(p)
 
 
 class Dkms:
@@ -460,6 +508,7 @@ class Dkms:
         self.check_mode = module.check_mode
         self.kernel = self.params["kernel"] or os.uname()[2]
         self.arch = os.uname()[4]
+        self.started = time.monotonic()
         self.dkms_tree = self.params["dkms_tree"]
         self.source_root = self.params["source_root"]
         self.log_lines = max(0, self.params["log_lines"])
@@ -477,6 +526,15 @@ class Dkms:
 
     def dkms(self, *args):
         return self.run([self.dkms_bin, *args])
+
+    def timed(self, p, step, *args):
+        """``dkms ARGS`` for package ``p``, its start and duration kept as ``p.timing[step]``."""
+        start = time.monotonic()
+        try:
+            return self.dkms(*args)
+        finally:
+            end = time.monotonic()
+            p.timing[step] = [round(start - self.started, 1), round(end - start, 1)]
 
     def workers(self, count):
         return max(1, min(self.params["jobs"] or os.cpu_count() or 1, count))
@@ -719,7 +777,7 @@ class Dkms:
                     "there" % p.source_path,
                 )
                 return
-            rc, out, err = self.dkms("add", "-m", p.name, "-v", p.version)
+            rc, out, err = self.timed(p, "add", "add", "-m", p.name, "-v", p.version)
             if rc != 0:
                 p.fail(
                     "add",
@@ -737,7 +795,9 @@ class Dkms:
     def build(self, p):
         """Build one package; runs in a worker thread, touches only its own Package."""
         try:
-            rc, out, err = self.dkms("build", "-m", p.name, "-v", p.version, "-k", p.kernel)
+            rc, out, err = self.timed(
+                p, "build", "build", "-m", p.name, "-v", p.version, "-k", p.kernel
+            )
         except Exception as exc:  # a thread must not take the module down
             p.fail("build", "could not run 'dkms build' for %s: %s" % (p.name, exc))
             return p
@@ -815,7 +875,7 @@ class Dkms:
             # carries the same MODULE_VERSION: without this dkms may "install" (rc 0)
             # without copying the module.
             argv.append("--force-version-override")
-        rc, out, err = self.dkms(*argv)
+        rc, out, err = self.timed(p, "install", *argv)
         if rc != 0:
             p.fail(
                 "install",
@@ -868,8 +928,13 @@ class Dkms:
                 % (p.name, p.version, rc, err.strip())
             )
 
-    def signing_key_missing(self):
-        """Whether dkms would generate its signing key on the next build (a race if parallel)."""
+    def signing_key(self):
+        """``(key, certificate, generate)`` as dkms 3.0 picks them for signing.
+
+        ``generate`` is whether dkms itself would create a missing pair with openssl (its
+        own default key, or a key framework.conf names); on Ubuntu its default pair comes
+        from update-secureboot-policy instead, and a pkcs11 key is never a file.
+        """
         key = cert = None
         paths = []
         for conf in FRAMEWORK_CONFS:
@@ -890,6 +955,7 @@ class Dkms:
                             cert = m.group(2)
             except (IOError, OSError):
                 continue
+        generate = True
         if key is None:
             ubuntu = False
             try:
@@ -900,13 +966,50 @@ class Dkms:
             if ubuntu:
                 key = "/var/lib/shim-signed/mok/MOK.priv"
                 cert = cert or "/var/lib/shim-signed/mok/MOK.der"
+                generate = False
             else:
                 key = os.path.join(self.dkms_tree, "mok.key")
         if cert is None:
             cert = os.path.join(self.dkms_tree, "mok.pub")
         if key.startswith("pkcs11:"):
+            generate = False
+        return key, cert, generate
+
+    def signing_key_missing(self):
+        """Whether dkms would create its signing key on the next build (a race if parallel)."""
+        key, cert, _generate = self.signing_key()
+        if key.startswith("pkcs11:"):
             return False
         return not (os.path.isfile(key) and os.path.isfile(cert))
+
+    def generate_signing_key(self):
+        """Create the signing key dkms would create on its first build, as dkms does.
+
+        Same openssl command, files and modes, so the builds that follow find it and can
+        all run at once, rather than the first one alone (a whole build, about 35 s in an
+        emulated guest). Returns whether the key is there now; when it is not, the first
+        build runs alone and dkms tries itself.
+        """
+        key, cert, generate = self.signing_key()
+        openssl = self.module.get_bin_path("openssl", required=False)
+        if not generate or openssl is None:
+            return False
+        for path in (key, cert):
+            folder = os.path.dirname(path)
+            if not os.path.isdir(folder):
+                os.makedirs(folder, 0o755)
+        argv = [openssl, "req", "-new", "-x509", "-nodes", "-days", "36500"]
+        argv += ["-subj", "/CN=DKMS module signing key", "-newkey", "rsa:2048"]
+        argv += ["-keyout", key, "-outform", "DER", "-out", cert]
+        rc, _out, err = self.run(argv)
+        if rc != 0 or self.signing_key_missing():
+            self.warnings.append(
+                "could not create dkms's signing key %s (rc=%d): %s; the first build runs "
+                "alone and lets dkms try" % (key, rc, err.strip())
+            )
+            return False
+        os.chmod(key, 0o600)
+        return True
 
     def depmod(self):
         depmod = self.module.get_bin_path("depmod", required=True)
@@ -945,12 +1048,14 @@ class Dkms:
                 for version in p.stale:
                     self.delete_source(p, version)
         builds_wanted = [p for p in present if p.has("build")]
-        workers = self.workers(len(builds_wanted))
-        # Only the first build may create dkms's signing key: the others wait for it.
-        key_first = len(builds_wanted) > 1 and self.signing_key_missing()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = []
-            held = []
+        with ThreadPoolExecutor(max_workers=self.workers(len(builds_wanted))) as pool:
+            queue = BuildQueue(pool, self.build)
+            if len(builds_wanted) > 1 and self.signing_key_missing():
+                # dkms creates its signing key on the first build that finds none; two
+                # builds at once would both create it. Make it first, in the pool while
+                # the packages are prepared; where that cannot be done, the first build
+                # runs alone.
+                queue.gate = pool.submit(self.generate_signing_key)
             # Each build starts as soon as its package is prepared, so the serial steps
             # (sources, dkms add: seconds each in an emulated guest) of the next
             # packages overlap with the builds of the first ones.
@@ -959,12 +1064,8 @@ class Dkms:
                     self.prepare(p, entries)
                 if p.adopt_digest and not p.failed:
                     self.write_digest(p)
-                if not p.has("build") or p.failed:
-                    continue
-                if key_first and futures:
-                    held.append(p)
-                else:
-                    futures.append(pool.submit(self.build, p))
+                if p.has("build") and not p.failed:
+                    queue.add(p)
             for p in present:
                 if p.failed or p.has("build"):
                     continue
@@ -973,12 +1074,10 @@ class Dkms:
                 else:
                     # Already installed: only leftovers of other versions to drop.
                     self.drop_others(p, entries)
-            if held:
-                futures[0].result()
-                futures += [pool.submit(self.build, p) for p in held]
+            queue.pump(wait=True)
             # Install each package as soon as its build is done, one at a time, while
             # the other builds go on.
-            for future in as_completed(futures):
+            for future in as_completed(queue.futures):
                 p = future.result()
                 if not p.failed:
                     self.install(p, entries)
