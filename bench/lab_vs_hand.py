@@ -86,6 +86,13 @@ def lab_yml(inv: Path) -> tuple[float, str]:
     return elapsed, proc.stdout
 
 
+def top_tasks(out: str, count: int = 6) -> list[str]:
+    """The slowest tasks of a run, from the profile_tasks recap that ansible.cfg enables."""
+    recap = out.split("TASKS RECAP", 1)[-1].splitlines()
+    rows = [line.strip() for line in recap if re.search(r"-{2,} +[0-9.]+s$", line)]
+    return [re.sub(r" -{2,} +", " ", row) for row in rows[:count]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", action="store_true", help="keep the VM afterwards")
@@ -97,7 +104,7 @@ def main() -> None:
         c0 = cpu_total()
         hand = by_hand(lab, vm)
         print(f"by hand: {hand:.1f} s", flush=True)
-        first, _ = lab_yml(inv)
+        first, first_out = lab_yml(inv)
         print(f"lab.yml first run: {first:.1f} s", flush=True)
         rerun, out = lab_yml(inv)
         others = cpu_total() - c0
@@ -111,6 +118,10 @@ def main() -> None:
         print(f"first run / by hand: {first / hand:.2f}   (target <= 1.0)")
         print(f"re-run / first run:  {rerun / first:.1%}  (target <= 10 %)")
         print(f"machine CPU seconds meanwhile (all processes, QEMU included): {others:.0f}")
+        for title, text in (("first run", first_out), ("re-run", out)):
+            print(f"slowest tasks of the {title}:")
+            for row in top_tasks(text):
+                print(f"  {row}")
     finally:
         if not args.keep:
             vms.destroy(lab, [VM], progress=lambda m: None)
