@@ -26,6 +26,7 @@ import pytest
 import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
+from dkms_tree import DkmsTree
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "src/kmodlab/ansible/library/kmodlab_dkms.py"
@@ -75,6 +76,7 @@ class FakeDkms:
         self.src = root / "usr/src"
         self.tree = root / "var/lib/dkms"
         self.lib = root / "lib/modules"
+        self.layout = DkmsTree(root, ARCH)
         self.src.mkdir(parents=True)
         self.tree.mkdir(parents=True)
         (self.lib / K / "build").mkdir(parents=True)
@@ -151,23 +153,17 @@ class FakeDkms:
             for (n, version), ks in sorted(self.reg.items()):
                 if n != name:
                     continue
-                source = base / version / "source"
-                if not source.is_symlink():
-                    source.parent.mkdir(parents=True, exist_ok=True)
-                    source.symlink_to(self.src / f"{name}-{version}")
+                self.layout.register(name, version)
                 for built in base.glob(f"{version}/*/{ARCH}/module"):
                     if built.parent.parent.name not in ks:
                         shutil.rmtree(built)
                 for kernel, state in ks.items():
-                    built = base / version / kernel / ARCH / "module"
-                    built.mkdir(parents=True, exist_ok=True)
-                    (built / f"{name}.ko").write_text(f"{name} {version} {kernel}")
+                    self.layout.build(name, version, kernel)
                     if state == "installed":
-                        (base / f"kernel-{kernel}-{ARCH}").symlink_to(f"{version}/{kernel}/{ARCH}")
-                        copy = self.lib / kernel / "updates/dkms" / f"{name}.ko"
-                        copy.parent.mkdir(parents=True, exist_ok=True)
                         replaced = (name, version) in self.diff
-                        copy.write_text("replaced" if replaced else f"{name} {version} {kernel}")
+                        self.layout.install(
+                            name, version, kernel, content=b"replaced" if replaced else None
+                        )
 
     def __call__(self, module, argv, **kwargs):
         result = self.dispatch(module, argv, **kwargs)

@@ -1,7 +1,7 @@
 """Fast tier: DKMS state read from dkms's tree (module_utils/kmodlab_dkms_status.py).
 
-``Tree`` lays packages out the way dkms 3.0.10 does on Debian 12 (checked there with
-``ls -lR /var/lib/dkms``); the expected lines are the ones its ``dkms status`` printed for
+``Tree`` lays packages out the way dkms 3.0.10 does on Debian 12 (``dkms_tree.py``); the
+expected lines are the ones its ``dkms status`` printed for
 the same states. The VM tier compares the reader with the real ``dkms status``.
 """
 
@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from dkms_tree import DkmsTree
 
 from kmodlab.verify.observe import collector_source
 
@@ -28,11 +30,9 @@ K2 = "6.1.0-99-amd64"
 A = "x86_64"
 
 
-class Tree:
+class Tree(DkmsTree):
     def __init__(self, root: Path):
-        self.src = root / "usr/src"
-        self.dkms = root / "var/lib/dkms"
-        self.lib = root / "lib/modules"
+        super().__init__(root, A)
 
     def add(self, name, version, modules=None, conf_extra=""):
         src = self.src / f"{name}-{version}"
@@ -41,29 +41,13 @@ class Tree:
         for i, m in enumerate(modules or [name]):
             conf += f'BUILT_MODULE_NAME[{i}]="{m}"\nDEST_MODULE_LOCATION[{i}]="/updates/dkms"\n'
         (src / "dkms.conf").write_text(conf + conf_extra)
-        (self.dkms / name / version).mkdir(parents=True)
-        (self.dkms / name / version / "source").symlink_to(src)
-        (self.dkms / name / version / "build").mkdir()
-        return self
+        return self.register(name, version)
 
     def build(self, name, version, kernel=K, modules=None, suffix=".ko"):
-        folder = self.dkms / name / version / kernel / A / "module"
-        folder.mkdir(parents=True)
-        (folder.parent / "log").mkdir()
-        for m in modules or [name]:
-            (folder / f"{m}{suffix}").write_bytes(f"{m} {version} {kernel}".encode())
-        return self
+        return super().build(name, version, kernel, modules, suffix)
 
-    def install(self, name, version, kernel=K, dest="updates/dkms"):
-        link = self.dkms / name / f"kernel-{kernel}-{A}"
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(f"{version}/{kernel}/{A}")
-        target = self.lib / kernel / dest
-        target.mkdir(parents=True, exist_ok=True)
-        for built in (self.dkms / name / version / kernel / A / "module").iterdir():
-            (target / built.name).write_bytes(built.read_bytes())
-        return self
+    def install(self, name, version, kernel=K, dest="updates/dkms", content=None):
+        return super().install(name, version, kernel, dest, content)
 
     def read(self, *names):
         return status.read_tree(str(self.dkms), list(names), str(self.lib))

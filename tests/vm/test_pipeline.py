@@ -97,30 +97,32 @@ def test_all_ten_modules_loaded(converged: Guest) -> None:
         assert name.replace("-", "_") in loaded, name
 
 
-# Each state of hello-1 the DKMS tree reader must tell as dkms status does (dkms 3.0.10),
-# and back to installed. Lines are printed by the reader, then by dkms, per state.
+# Each state of one lab package the DKMS tree reader must tell as dkms status does
+# (dkms 3.0.10), and back to installed. Lines are printed by the reader, then by dkms,
+# per state. $P, $V: the package and its version, from its manifest.
+_TREE_MODULE = load_manifest(ROOT / "modules/hello-1")
 _TREE_STATES = r"""
 set -eu
-K=$(uname -r); T=/var/lib/dkms/hello-1/1.0.0/$K/$(uname -m)/module
-COPY=/lib/modules/$K/updates/dkms/hello-1.ko
+K=$(uname -r); T=/var/lib/dkms/$P/$V/$K/$(uname -m)/module
+COPY=/lib/modules/$K/updates/dkms/$P.ko
 show() {
   echo "== $1"
   python3 -c 'import sys; sys.path.insert(0, "/tmp/kmlt"); import kmodlab_dkms_status as s
-print("\n".join(sorted(e["line"] for e in s.read_tree("/var/lib/dkms", ["hello-1"]))))'
+print("\n".join(sorted(e["line"] for e in s.read_tree("/var/lib/dkms", [sys.argv[1]]))))' "$P"
   echo "-- dkms"
-  dkms status -m hello-1 | sort
+  dkms status -m "$P" | sort
 }
 show installed
 cp $COPY /tmp/kmlt/keep.ko; echo replaced >> $COPY; show diff
 cp /tmp/kmlt/keep.ko $COPY
-dkms uninstall hello-1/1.0.0 --no-depmod >/dev/null; show built
-mv $T/hello-1.ko /tmp/kmlt/built.ko; show nothing-built
-mv /tmp/kmlt/built.ko $T/hello-1.ko
-cp -r /usr/src/hello-1-1.0.0 /usr/src/hello-1-9.9
-sed -i 's/^PACKAGE_VERSION=.*/PACKAGE_VERSION="9.9"/' /usr/src/hello-1-9.9/dkms.conf
-dkms add hello-1/9.9 >/dev/null; show second-version-added
-dkms remove hello-1/9.9 --all --no-depmod >/dev/null; rm -r /usr/src/hello-1-9.9
-dkms install hello-1/1.0.0 --no-depmod >/dev/null; show reinstalled
+dkms uninstall $P/$V --no-depmod >/dev/null; show built
+mv $T/$P.ko /tmp/kmlt/built.ko; show nothing-built
+mv /tmp/kmlt/built.ko $T/$P.ko
+cp -r /usr/src/$P-$V /usr/src/$P-9.9
+sed -i 's/^PACKAGE_VERSION=.*/PACKAGE_VERSION="9.9"/' /usr/src/$P-9.9/dkms.conf
+dkms add $P/9.9 >/dev/null; show second-version-added
+dkms remove $P/9.9 --all --no-depmod >/dev/null; rm -r /usr/src/$P-9.9
+dkms install $P/$V --no-depmod >/dev/null; show reinstalled
 cmp $COPY /tmp/kmlt/keep.ko
 """
 
@@ -132,7 +134,9 @@ def test_dkms_tree_reader_agrees_with_dkms_status(converged: Guest) -> None:
     converged.run(
         "mkdir -p /tmp/kmlt && cat > /tmp/kmlt/kmodlab_dkms_status.py", stdin=reader.read_bytes()
     )
-    out = converged.run(f"sudo bash -c {shlex.quote(_TREE_STATES)}")
+    pkg = _TREE_MODULE
+    script = f"P={shlex.quote(pkg.name)} V={shlex.quote(pkg.version)}; {_TREE_STATES}"
+    out = converged.run(f"sudo bash -c {shlex.quote(script)}")
     states = re.findall(r"^== (\S+)\n(.*?)^-- dkms\n(.*?)(?=^== |\Z)", out, re.S | re.M)
     assert [s[0] for s in states] == [
         "installed",
@@ -145,8 +149,8 @@ def test_dkms_tree_reader_agrees_with_dkms_status(converged: Guest) -> None:
     for name, ours, theirs in states:
         assert ours.strip() == theirs.strip(), f"{name}:\n{out}"
     assert "Diff between built and installed" in states[1][1]
-    assert "hello-1/9.9: added" in states[4][1]
-    assert "hello_1" in converged.run("cut -d' ' -f1 /proc/modules").split()
+    assert f"{pkg.name}/9.9: added" in states[4][1]
+    assert pkg.kmod in converged.run("cut -d' ' -f1 /proc/modules").split()
 
 
 def test_unknown_module_rejected_before_any_host_is_touched(converged: Guest) -> None:

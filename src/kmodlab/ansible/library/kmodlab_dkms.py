@@ -338,6 +338,7 @@ from ansible.module_utils.kmodlab_dkms_status import (
     read_tail,
     read_tree,
     source_digest,
+    status_line,
     status_lines,
     tail,
     versions_on_kernel,
@@ -1212,9 +1213,9 @@ class Dkms:
                 continue
             if after_entries is None:
                 after = [
-                    "%s/%s, %s, %s: %s" % (p.name, v, p.kernel, self.arch, s)
-                    if s != "added"
-                    else "%s/%s: added" % (p.name, v)
+                    status_line(p.name, v, None, None, s)
+                    if s == "added"
+                    else status_line(p.name, v, p.kernel, self.arch, s)
                     for v, s in sorted(p.after.items())
                 ]
             else:

@@ -31,7 +31,8 @@ _NOT_KERNEL = ("build", "source", "tarball", "driver_disk", "log")
 DEFAULT_DEST = "/updates/dkms"
 
 
-def _status_line(name, version, kernel, arch, status, notes):
+def status_line(name, version, kernel, arch, status, notes=()):
+    """The line dkms 3.0's ``dkms status`` prints for one entry."""
     if kernel is None:
         line = "%s/%s: %s" % (name, version, status)
     else:
@@ -54,7 +55,7 @@ def _entry(name, version, kernel, arch, status, diff=False, missing=False):
         "notes": notes,
         "diff": diff,
         "missing": missing,
-        "line": _status_line(name, version, kernel, arch, status, notes),
+        "line": status_line(name, version, kernel, arch, status, notes),
     }
 
 
