@@ -203,27 +203,50 @@ def vm_status(
     out.print(table)
 
 
-@vm_app.command("ssh")
+# Everything after the VM name goes to the guest as it is: click stops parsing options
+# at the first argument, so `kmodlab ssh sb1 mokutil --sb-state` keeps `--sb-state`.
+SSH_CONTEXT = {"allow_interspersed_args": False}
+SSH_HELP = (
+    "Log in to a VM, or run CMD there, with the lab's key. Everything after NAME goes to "
+    "the guest unparsed (an optional `--` first is dropped); CMD runs as the lab user, so "
+    "root commands need sudo: `kmodlab ssh lab1 sudo modprobe dummy`. NAME may be left "
+    "out for a login when one VM runs."
+)
+
+
+def ssh_argv(ssh_args: list[str], command: list[str]) -> list[str]:
+    """The ssh command line: a login with a terminal when ``command`` is empty, else
+    ``command`` after ``--`` and the destination, so ssh itself parses none of it."""
+    if not command:
+        return [ssh_args[0], "-t", *ssh_args[1:]]
+    return [*ssh_args[:-1], "--", ssh_args[-1], *command]
+
+
+@vm_app.command("ssh", help=SSH_HELP, context_settings=SSH_CONTEXT)
 @clean_errors
 def vm_ssh(
-    name: Annotated[str | None, typer.Argument(help="VM (optional when one runs)")] = None,
-    command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="VM (optional when one runs)")
+    ] = None,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="CMD", help="[--] command and its arguments, unparsed"),
+    ] = None,
     lab_dir: LabOpt = None,
 ) -> None:
     """Log in to a VM (or run a command there) with the lab's key."""
+    command = command or []
+    if command[:1] == ["--"]:
+        command = command[1:]
     lab = _lab(lab_dir)
     vm = vms_mod.require_running(lab, name)
-    args = lab.ssh_args(vm, batch=bool(command))
-    if not command:
-        args.insert(1, "-t")
+    argv = ssh_argv(lab.ssh_args(vm, batch=bool(command)), command)
     sys.stdout.flush()
-    os.execvp(args[0], [*args, *(command or [])])
+    os.execvp(argv[0], argv)
 
 
 # `kmodlab ssh` is the same command, at the top level.
-app.command("ssh", help="Log in to a VM (or run a command there); same as `kmodlab vm ssh`.")(
-    vm_ssh
-)
+app.command("ssh", help=SSH_HELP, context_settings=SSH_CONTEXT)(vm_ssh)
 
 
 @vm_app.command("console")

@@ -93,9 +93,22 @@ class Parameter(_Model):
     type: ParamType
     array: bool = False
     max_count: int | None = Field(default=None, ge=1, description="array capacity")
+    counted: bool = Field(
+        default=True,
+        description="array with a count variable (module_param_array(name, type, &count, "
+        "perm)); false for a fixed-size array without one (NULL): sysfs then shows all "
+        "max_count elements, the ones not given keeping their initial values, so default "
+        "lists all max_count of them",
+    )
     default: ParamValue
     perm: Mode = "0000"
     description: str
+    log: str | None = Field(
+        default=None,
+        description="regex with a group named value matching the module's own kernel "
+        "message that prints this parameter's value; only for parameters sysfs does not "
+        "show (perm 0000), whose value is otherwise not observable",
+    )
 
     @field_validator("perm")
     @classmethod
@@ -104,11 +117,35 @@ class Parameter(_Model):
             raise ValueError("the kernel refuses world-writable parameters (o+w)")
         return value
 
+    @field_validator("log")
+    @classmethod
+    def _log_regex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "value" not in re.compile(_regex(value)).groupindex:
+            raise ValueError("log needs a named group (?P<value>...) around the printed value")
+        return value
+
     @model_validator(mode="after")
     def _default_matches_type(self) -> Parameter:
         self.validate_value(self.default, field="default")
         if self.array and self.max_count is None:
             raise ValueError("array parameters need max_count")
+        if not self.counted:
+            if not self.array:
+                raise ValueError("counted: false is for array parameters only")
+            # validate_value above made sure an array's default is a list
+            if isinstance(self.default, list) and len(self.default) != self.max_count:
+                raise ValueError(
+                    f"{self.name} is a fixed-size array (counted: false): sysfs shows all "
+                    f"{self.max_count} elements, so default must list all {self.max_count} "
+                    f"initial values, it has {len(self.default)}"
+                )
+        if self.log is not None and self.visible:
+            raise ValueError(
+                f"log is for parameters sysfs does not show (perm 0000); {self.name} has "
+                f"perm {self.perm} and is read from /sys/module"
+            )
         return self
 
     @property

@@ -4,12 +4,17 @@ Covers: first load with files and fact, the idempotent re-run (one probe, nothin
 else touches the host), check mode, reload only on change (live value, hidden
 parameter, installed build), a parameter the kernel refuses (previous configuration
 back, the kernel's message in the failure), a major already taken, dependencies and
-their cascade, absent/config/persist, a module in use, missing unload messages.
+their cascade, absent/config/persist, a module in use, missing unload messages;
+fixed-size arrays, a hidden parameter reloaded behind the role's back (read from the
+module's message), /dev nodes removed or changed by hand, and a refused init quoted
+in the kernel's words.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -296,3 +301,126 @@ def test_tags_run_a_single_phase(sim: Sim):
     res = sim.run([{"name": "base"}], tags="kmod_load_load")
     assert res.rc == 0, res.explain()
     assert sim.loaded("base")
+
+
+def planned(res) -> list[str]:
+    """The play's "load, reload, unload and why" lines."""
+    for name, result in res.tasks():
+        if name.endswith("Show what will be loaded, reloaded and unloaded, and why"):
+            msg = result.get("msg") or []
+            return msg if isinstance(msg, list) else [str(msg)]
+    return []
+
+
+def test_fixed_size_arrays_compare_as_the_kernel_shows_them(sim: Sim):
+    mods = [{"name": "base", "params": {"slots": [5, 6], "flags": [False]}}]
+    res = sim.run(mods)
+    assert res.rc == 0, res.explain()
+    # no count variable: every element shows, those not given as initialised
+    assert (sim.sys / "base" / "parameters" / "slots").read_text() == "5,6,-1,-1\n"
+    assert (sim.sys / "base" / "parameters" / "flags").read_text() == "N,Y,N\n"
+    # modprobe is given only the elements asked for
+    assert "options base flags=N slots=5,6\n" in (sim.modprobe_d / "base.conf").read_text()
+    again = sim.run(mods)
+    assert again.rc == 0 and again.changed == 0, again.explain()
+
+    # an element the lab does not set, changed by hand, is drift too
+    (sim.sys / "base" / "parameters" / "flags").write_text("N,N,N\n")
+    res = sim.run(mods)
+    assert res.rc == 0, res.explain()
+    assert "base: reload (parameter flags is 'N,N,N', wanted 'N,Y,N')" in planned(res)
+    assert (sim.sys / "base" / "parameters" / "flags").read_text() == "N,Y,N\n"
+    assert sim.run(mods).changed == 0
+
+
+def test_hidden_parameter_changed_by_a_reload_behind_the_back(sim: Sim):
+    assert sim.run([{"name": "hello-5"}]).rc == 0
+    # the fact still says myshort=7; only the module's own message tells otherwise
+    sim.rmmod_by_hand(HELLO)
+    sim.insmod_by_hand(HELLO, "myshort=3")
+    assert sim.values(HELLO)["myshort"] == "3"
+    res = sim.run([{"name": "hello-5"}])
+    assert res.rc == 0, res.explain()
+    assert (
+        "hello-5: reload (parameter myshort (not visible in sysfs) is '3' by the module's "
+        "message 'hello_5: myshort=3', wanted '7')"
+    ) in planned(res), planned(res)
+    assert sim.values(HELLO)["myshort"] == "7"
+    assert sim.run([{"name": "hello-5"}]).changed == 0
+
+
+def test_dev_node_removed_or_changed_is_made_again(sim: Sim):
+    mods = [{"name": "memory"}]
+    node = sim.dev / "memory"
+    assert sim.run(mods).rc == 0
+    assert stat.S_ISCHR(node.stat().st_mode) and stat.S_IMODE(node.stat().st_mode) == 0o666
+
+    def repaired(reason: str) -> None:
+        res = sim.run(mods)
+        assert res.rc == 0, res.explain()
+        assert f"memory: reload ({reason})" in planned(res), planned(res)
+        st = node.stat()
+        assert stat.S_ISCHR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
+        assert st.st_rdev == os.makedev(60, 0)
+
+    node.chmod(0o600)
+    repaired("/dev/memory has mode 0600, the manifest says 0666")
+    node.unlink()
+    repaired("/dev/memory is missing (manifest expect.dev_nodes)")
+    # something else at the path: the kernel would not replace it, so it is removed
+    node.unlink()
+    node.write_text("squatter\n")
+    repaired("/dev/memory is a file, not a char device")
+    node.unlink()
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    repaired("/dev/memory is char 1:3, not the node of 'memory' (major 60, minor 0)")
+    assert sim.run(mods).changed == 0
+
+
+# A second module tries to create the device class another one holds: the kernel
+# warns with a stack dump, then kobject_add_internal fails with -EEXIST.
+CLASS_TAKEN = [
+    [4, "sysfs: cannot create duplicate filename '/class/chardev'"],
+    [4, "CPU: 1 PID: 1733 Comm: modprobe Tainted: G           OE      6.1.0-18-amd64 #1"],
+    [4, "Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.2-debian 04/01/2014"],
+    [4, "Call Trace:"],
+    [4, " <TASK>"],
+    [4, " dump_stack_lvl+0x44/0x5c"],
+    [4, " sysfs_warn_dup.cold+0x17/0x24"],
+    [4, " sysfs_create_dir_ns+0xbc/0xd0"],
+    [4, " kobject_add_internal+0xb1/0x2b0"],
+    [4, " kobject_add+0x7e/0xb0"],
+    [4, " ? _raw_spin_unlock+0xa/0x30"],
+    [4, " __class_register+0xd2/0x170"],
+    [4, " __class_create+0x48/0x80"],
+    [4, " ? 0xffffffffc0a4d000"],
+    [4, " memory_start+0x6a/0x1000 [memory]"],
+    [4, " do_one_initcall+0x5a/0x220"],
+    [4, " entry_SYSCALL_64_after_hwframe+0x64/0xce"],
+    [4, "RIP: 0033:0x7f6d1a8f9729"],
+    [4, "RSP: 002b:00007ffc65d3d5a8 EFLAGS: 00000246 ORIG_RAX: 0000000000000139"],
+    [4, "R10: 0000000000000005 R11: 0000000000000246 R12: 0000000000040000"],
+    [4, " </TASK>"],
+    [
+        3,
+        "kobject_add_internal failed for chardev with -EEXIST, don't try to register "
+        "things with the same name in the same directory.",
+    ],
+]
+
+
+def test_refused_init_quotes_the_kernel_not_the_stack(sim: Sim):
+    sim.spec["modules"]["memory"]["init_error"] = {"errno": "EEXIST", "lines": CLASS_TAKEN}
+    sim.save_spec()
+    res = sim.run([{"name": "hello-5"}, {"name": "memory"}])
+    assert res.rc != 0
+    message = " ".join(m for m in res.failure_messages() if m.startswith("memory"))
+    assert message == (
+        'memory: loading with no parameters failed; modprobe said "could not insert '
+        "'memory': File exists\"; the kernel said: sysfs: cannot create duplicate filename "
+        "'/class/chardev' | kobject_add_internal failed for chardev with -EEXIST, don't try "
+        "to register things with the same name in the same directory. memory was not "
+        "loaded before and is left unloaded."
+    ), message
+    assert "+0x" not in message
+    assert not sim.loaded("memory") and sim.loaded(HELLO)

@@ -127,7 +127,7 @@ def test_load_problems_and_failure_message():
     message = filters.kmod_load_failure(rec, failed, probe_entry, "True", before)
     assert message == (
         "hello-5: the kernel refused parameter myint=13: hello_5: `13' invalid for parameter "
-        "`myint' (modprobe: ERROR: could not insert 'hello_5': Invalid argument) The previous "
+        "`myint'; modprobe said \"could not insert 'hello_5': Invalid argument\". The previous "
         "configuration was loaded again (myint=5 myshort=7)."
     )
     new = filters.kmod_load_failure(

@@ -132,7 +132,7 @@ def test_return_documents_every_key(host: Path):
     documented = yaml.safe_load(probe.RETURN)
     assert set(out) - {"changed"} == set(documented)
     entry_keys = set(documented["modules"]["contains"])
-    since_only = {"kernel_log", "param_errors", "messages_missing"}
+    since_only = {"kernel_log", "kernel_explain", "param_errors", "messages_missing"}
     assert set(out["modules"][0]) == entry_keys - since_only
     since = probe.run(
         FakeModule(
@@ -271,15 +271,75 @@ def test_one_modinfo_call_for_all_loaded_modules(host: Path):
         "filename:       /lib/modules/k/updates/dkms/hello-5.ko\nsrcversion:     BBB\n"
         "name:           hello_5\n"
     )
-    module = FakeModule(
-        {
-            "modules": records({"name": "hello-5"}, {"name": "base"}, {"name": "memory"}),
-            "root": str(host),
-        },
-        modinfo=modinfo,
-    )
+    recs = records({"name": "hello-5"}, {"name": "base"}, {"name": "memory"})
+    memory = next(r for r in recs if r["name"] == "memory")
+    memory["manifest"]["expect"]["dev_nodes"] = []  # /dev/memory: test_dev_node_* below
+    module = FakeModule({"modules": recs, "root": str(host)}, modinfo=modinfo)
     out = probe.run(module)
     assert len(module.commands) == 1 and module.commands[0][-2:] == ["base", "hello_5"]
     actions = {m["name"]: m["action"] for m in out["modules"]}
     assert actions == {"base": "none", "hello-5": "reload", "memory": "none"}
     assert out["modules"][0]["installed"]["filename"].endswith("base.ko.xz")
+
+
+def test_hidden_parameter_from_the_module_message(host: Path):
+    # someone reloaded hello_5 with myshort=3; the fact still says 7
+    with open(host / "dev/kmsg", "a") as handle:
+        handle.write("6,3,3,-;hello_5: goodbye, world\n6,4,4,-;hello_5: myshort=3\n")
+    out = probe.run(FakeModule({"modules": records({"name": "hello-5"}), "root": str(host)}))
+    m = out["modules"][0]
+    assert m["logged"] == {"myshort": {"text": "3", "line": "hello_5: myshort=3"}}
+    assert m["action"] == "reload"
+    assert m["reasons"] == [
+        "parameter myshort (not visible in sysfs) is '3' by the module's message "
+        "'hello_5: myshort=3', wanted '7'"
+    ]
+    assert m["previous"]["params"]["myshort"] == "3"  # what it runs with now
+    # read back after loading: a hidden value other than the wanted one is a mismatch
+    since = probe.run(
+        FakeModule(
+            {"modules": records({"name": "hello-5"}), "root": str(host), "kernel_log_since": 2}
+        )
+    )
+    assert since["modules"][0]["mismatches"] == [
+        {
+            "param": "myshort",
+            "wanted": "7",
+            "live": "3",
+            "source": "kernel log",
+            "line": "hello_5: myshort=3",
+        }
+    ]
+
+
+def test_dev_nodes_are_read_and_foreign_ones_named(host: Path):
+    write(host, "/sys/module/memory/initstate", "live\n")
+    write(host, "/sys/module/memory/refcnt", "0\n")
+    write(host, "/sys/module/memory/parameters/major", "60\n", 0o444)
+    recs = records({"name": "memory"})
+    out = probe.run(FakeModule({"modules": recs, "root": str(host)}))
+    m = out["modules"][0]
+    assert m["dev_nodes"] == {"/dev/memory": {"exists": False}}
+    assert m["reasons"] == ["/dev/memory is missing (manifest expect.dev_nodes)"]
+    assert m["dev_nodes_foreign"] == [] and out["unload"] == ["memory"]
+    write(host, "/dev/memory", "not a device\n", 0o666)
+    m = probe.run(FakeModule({"modules": recs, "root": str(host)}))["modules"][0]
+    assert m["reasons"] == ["/dev/memory is a file, not a char device"]
+    assert m["dev_nodes_foreign"] == ["/dev/memory"]
+
+
+def test_kernel_explain_drops_the_stack_dump(host: Path):
+    with open(host / "dev/kmsg", "a") as handle:
+        handle.write(
+            "3,3,3,-;memory: cannot register major 60: error -16 (in use? see /proc/devices)\n"
+            "4,4,4,-;CPU: 0 PID: 901 Comm: modprobe Tainted: G           OE      6.1.0-18-amd64\n"
+            "4,5,5,-; memory_start+0x7a/0x1000 [memory]\n"
+            "6,6,6,-;other: noise\n"
+        )
+    recs = records({"name": "memory"})
+    out = probe.run(FakeModule({"modules": recs, "root": str(host), "kernel_log_since": 2}))
+    m = out["modules"][0]
+    assert m["kernel_explain"] == [
+        "memory: cannot register major 60: error -16 (in use? see /proc/devices)"
+    ]
+    assert " memory_start+0x7a/0x1000 [memory]" in m["kernel_log"]

@@ -111,7 +111,7 @@ def test_which_tests_apply_to_which_cases(exp_dir: Path):
     assert applied["test_dkms_built"] == ["lab1/base", *present]
     assert applied["test_dkms_installed"] == applied["test_module_file"] == ["lab1/base", *present]
     assert applied["test_loaded"] == present
-    assert applied["test_not_loaded"] == ["lab1/user"]
+    assert applied["test_not_loaded"] == applied["test_dkms_removed"] == ["lab1/user"]
     # only hello-5 wants parameters here (memory runs on its default major, which
     # test_proc_devices checks)
     assert applied["test_params"] == ["lab1/hello-5"]

@@ -83,6 +83,13 @@ def healthy() -> dict[str, Any]:
         "/sys/module/base/initstate": NONE,
         "/etc/modprobe.d/base.conf": f(0o644),
         "/etc/modules-load.d/base.conf": NONE,
+        # user is absent: DKMS removed it
+        "/var/lib/dkms/user": NONE,
+        "/usr/src/user-2.0.1": NONE,
+        **{
+            f"/lib/modules/{KERNEL}/updates/dkms/user{suffix}": NONE
+            for suffix in (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+        },
     }
     read = {
         "/proc/devices": "Character devices:\n  1 mem\n 61 memory\n240 gadget\n\nBlock devices:\n",
@@ -97,6 +104,7 @@ def healthy() -> dict[str, Any]:
         'options hello_5 mybool=Y myint=42 myintarray=10,-20,30 myshort=7 mystring="hello lab"\n',
         "/etc/modules-load.d/hello-5.conf": "# managed\nhello_5\n",
         "/sys/module/gadget/initstate": "live\n",
+        "/sys/module/gadget/srcversion": "ABC123\n",
         "/sys/module/gadget/parameters/greeting": "hi\n",
         "/etc/modules-load.d/gadget.conf": "gadget\n",
         "/sys/class/gadget/gadget/dev": "240:0\n",
@@ -144,6 +152,7 @@ def healthy() -> dict[str, Any]:
                 "gadget: gone",
                 "gadget: ready on major 240",
                 "hello_5: hello, world; myint=42",
+                "hello_5: myshort=7",
             ],
         },
         "functional": {
@@ -191,7 +200,7 @@ CHECKS = {
         checks.modinfo,
     ],
     "memory": [checks.params, checks.proc_device_checks, checks.dev_nodes, checks.persistence],
-    "user": [checks.not_loaded, checks.persistence],
+    "user": [checks.not_loaded, checks.persistence, checks.dkms_removed],
     "base": [checks.dkms_installed, checks.module_file, checks.persistence],
 }
 
@@ -358,7 +367,7 @@ BROKEN = [
         "hello-5",
         checks.dmesg_load,
         lambda d: d["kernel_log"]["lines"].append("hello_5: goodbye, world"),
-        "no kernel message since the last load",
+        "is older than the unload message",
     ),
     (
         "hello-5",
@@ -431,6 +440,44 @@ BROKEN = [
     ),
     ("user", checks.persistence, set_stat("/etc/modprobe.d/user.conf", f(0o644)), "it is absent"),
     (
+        "user",
+        checks.dkms_removed,
+        set_dkms(dkms_entry("user", "2.0.1", KERNEL, "installed")),
+        "DKMS still has user: user/2.0.1, 6.1.0-18-amd64, x86_64: installed",
+    ),
+    (
+        "user",
+        checks.dkms_removed,
+        set_dkms(dkms_entry("user", "1.0.0", "5.10.0-1-amd64", "built")),
+        "DKMS still has user: user/1.0.0",
+    ),
+    ("user", checks.dkms_removed, set_stat("/var/lib/dkms/user", D), "/var/lib/dkms/user exists"),
+    (
+        "user",
+        checks.dkms_removed,
+        set_stat(f"/lib/modules/{KERNEL}/updates/dkms/user.ko", f(0o644)),
+        f"/lib/modules/{KERNEL}/updates/dkms/user.ko exists",
+    ),
+    ("user", checks.dkms_removed, set_stat("/usr/src/user-2.0.1", D), "/usr/src/user-2.0.1 exists"),
+    (
+        "user",
+        checks.dkms_removed,
+        lambda d: d["stat"].pop("/var/lib/dkms/user"),
+        "/var/lib/dkms/user was not observed",
+    ),
+    (
+        "user",
+        checks.dkms_removed,
+        set_stat("/var/lib/dkms/user", {"exists": False, "error": "Permission denied"}),
+        "cannot tell whether /var/lib/dkms/user exists: Permission denied",
+    ),
+    (
+        "user",
+        checks.dkms_removed,
+        lambda d: d.__setitem__("dkms", {"error": "boom"}),
+        "the DKMS tree could not be read: boom",
+    ),
+    (
         "base",
         checks.persistence,
         set_stat("/etc/modules-load.d/base.conf", f(0o644)),
@@ -482,17 +529,135 @@ def test_host_failures():
     assert "kernel log could not be read" in checks.host(KERNEL, Observation(no_log))[0]
 
 
-def test_kernel_context_and_since_last_load():
+def test_kernel_context():
     obs = Observation(
         broken(lambda d: d["kernel_log"]["lines"].extend(["hello_50: other", "hello-5 x"]))
     )
     assert checks.kernel_context(recs()["hello-5"], obs) == [
         "hello_5: hello, world; myint=42",
+        "hello_5: myshort=7",
         "hello-5 x",
     ]
-    assert (
-        checks.since_last_load(recs()["gadget"], obs.kernel_log)[0] == "gadget: ready on major 240"
-    )
+
+
+# ------------------------------------------------------------------ dmesg: the current load
+
+
+def dmesg(record: dict[str, Any], lines: list[str]) -> list[str]:
+    return checks.dmesg_load(record, Observation({"kernel_log": {"lines": lines}}), KERNEL)
+
+
+def two_messages(unload: list[str]) -> dict[str, Any]:
+    """gadget with two load messages, and the given unload messages."""
+    rec = copy.deepcopy(recs()["gadget"])
+    rec["manifest"]["expect"]["dmesg"] = {
+        "load": ["gadget: ready on major [0-9]+", "gadget: node /dev/gadget"],
+        "unload": unload,
+    }
+    return rec
+
+
+def test_dmesg_an_old_load_line_is_not_the_current_load():
+    gadget = recs()["gadget"]
+    # loaded, unloaded, loaded again without its message: the old line must not count
+    old = ["gadget: ready on major 240", "gadget: gone", "other: x"]
+    (problem,) = dmesg(gadget, old)
+    assert "'gadget: ready on major 240' is older than the unload message 'gadget: gone'" in problem
+    assert dmesg(gadget, [*old, "gadget: ready on major 241"]) == []
+
+
+def test_dmesg_later_messages_in_order_from_the_newest_first_one():
+    rec = two_messages(["gadget: gone"])
+    load = ["gadget: ready on major 240", "noise", "gadget: node /dev/gadget"]
+    assert dmesg(rec, load) == []
+    # the second message only from an earlier load (before the newest first message)
+    (problem,) = dmesg(rec, ["gadget: node /dev/gadget", "gadget: ready on major 240"])
+    assert "no kernel message of the current load" in problem and "/gadget: node" in problem
+    # a module that prints nothing on unload: the newest first message starts the window
+    quiet = two_messages([])
+    reloaded = [*load, "gadget: ready on major 241"]
+    assert "gadget: node /dev/gadget" in dmesg(quiet, reloaded)[0]
+    assert dmesg(quiet, [*reloaded, "gadget: node /dev/gadget"]) == []
+
+
+def test_dmesg_no_load_message_at_all():
+    (problem,) = dmesg(recs()["gadget"], ["Linux version"])
+    assert "no kernel message matches /gadget: ready on major [0-9]+/" in problem
+    assert dmesg(recs()["base"], []) != []
+    no_patterns = copy.deepcopy(recs()["gadget"])
+    no_patterns["manifest"]["expect"]["dmesg"] = {"load": [], "unload": []}
+    assert dmesg(no_patterns, []) == []
+
+
+# ------------------------------------------------------------------ the loaded build
+
+
+def without_srcversion(d: dict[str, Any]) -> None:
+    """Both sides without srcversion (our modules on Debian 12): build IDs decide."""
+    d["read"].pop("/sys/module/hello_5/srcversion")
+    info = d["commands"]["modinfo:hello-5"]
+    info["stdout"] = info["stdout"].replace("srcversion:     ABC123\n", "")
+    ko = f"/lib/modules/{KERNEL}/updates/dkms/hello-5.ko"
+    d["build_id"] = {
+        "/sys/module/hello_5/notes/.note.gnu.build-id": {"ok": True, "build_id": "5cde13"},
+        ko: {"ok": True, "build_id": "5cde13"},
+    }
+
+
+def loaded(change) -> list[str]:
+    return checks.loaded(recs()["hello-5"], Observation(broken(change)), KERNEL)
+
+
+def test_loaded_build_without_srcversion_compares_build_ids():
+    assert loaded(without_srcversion) == []
+
+    def rebuilt(d):
+        without_srcversion(d)
+        d["build_id"][f"/lib/modules/{KERNEL}/updates/dkms/hello-5.ko"]["build_id"] = "99aa"
+
+    (problem,) = loaded(rebuilt)
+    assert "(build ID 5cde13) is not the installed" in problem and "(build ID 99aa)" in problem
+
+    def usr_lib(d):
+        without_srcversion(d)
+        info = d["commands"]["modinfo:hello-5"]
+        info["stdout"] = info["stdout"].replace(
+            "filename:       /lib/", "filename:       /usr/lib/"
+        )
+
+    assert loaded(usr_lib) == []
+
+
+def test_loaded_build_not_observable_without_srcversion_or_build_id():
+    def no_notes(d):
+        without_srcversion(d)
+        d["build_id"]["/sys/module/hello_5/notes/.note.gnu.build-id"] = {
+            "ok": False,
+            "error": "No such file or directory",
+        }
+
+    (problem,) = loaded(no_notes)
+    assert problem.startswith(checks.NOT_OBSERVABLE)
+    assert "notes/.note.gnu.build-id: No such file or directory" in problem
+    # a failure besides stays a failure (the suite fails when any problem is real)
+    both = loaded(lambda d: (no_notes(d), set_read("/sys/module/hello_5/initstate", "going\n")(d)))
+    assert any("not live" in p for p in both) and any(p.startswith("not observable") for p in both)
+
+
+def test_loaded_build_srcversion_on_one_side_only():
+    (problem,) = loaded(lambda d: d["read"].pop("/sys/module/hello_5/srcversion"))
+    assert "has srcversion none, the installed file ABC123: they are different builds" in problem
+
+    def disk_only(d):
+        info = d["commands"]["modinfo:hello-5"]
+        info["stdout"] = info["stdout"].replace("srcversion:     ABC123\n", "")
+
+    (problem,) = loaded(disk_only)
+    assert "has srcversion ABC123, the installed file none" in problem
+
+
+def test_not_observable_prefix():
+    assert checks.NOT_OBSERVABLE == "not observable: "
 
 
 def test_expected_values_are_independent_of_the_role():

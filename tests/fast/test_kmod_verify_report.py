@@ -124,3 +124,71 @@ def test_render_report_is_a_rich_renderable(tmp_path: Path):
     assert "FAIL" in styled
     assert "\x1b[" in styled  # coloured for people
     assert render_report(json.loads(path.read_text())) is not None  # a loaded dict works too
+
+
+def test_checks_and_counts_per_module():
+    r = fixture_report()
+    hello5 = r["hosts"][0]["modules"][0]
+    assert hello5["counts"] == {"total": 8, "pass": 6, "fail": 1, "skip": 1, "unobservable": 0}
+    assert [(c["kind"], c["stage"], c["outcome"]) for c in hello5["checks"]] == [
+        ("dkms_built", "built", "pass"),
+        ("dkms_installed", "installed", "pass"),
+        ("module_file", "installed", "pass"),
+        ("loaded", "loaded", "pass"),
+        ("param_files", "params", "pass"),
+        ("params", "params", "fail"),
+        ("functional", "verified", "skip"),
+        ("persistence", "verified", "pass"),
+    ]
+    params = next(c for c in hello5["checks"] if c["test"] == "test_params")
+    assert set(params) == {"kind", "test", "name", "id", "stage", "outcome", "message"}
+    assert params["message"].startswith("lab1/hello-5:")
+    assert r["hosts"][1]["checks"][0]["test"] == "test_host"
+    assert r["hosts"][1]["checks"][0]["outcome"] == "fail"
+
+
+def test_a_test_reported_twice_counts_once_with_its_worst_outcome():
+    r = rep.new_report()
+    m = {**meta("test_loaded", "loaded"), "case": "lab1/hello-5"}
+    rep.add_result(r, m, "pass", None)
+    rep.add_result(r, m, "fail", "teardown error")  # e.g. a teardown error after the call
+    rep.add_result(r, m, "pass", None)
+    (mod,) = r["hosts"][0]["modules"]
+    assert mod["counts"] == {"total": 1, "pass": 0, "fail": 1, "skip": 0, "unobservable": 0}
+    assert r["summary"]["passed"] == 0 and r["summary"]["failed"] == 1
+    assert len(mod["failures"]) == 1 and mod["stages"]["loaded"] == "fail"
+
+
+def test_unobservable_is_its_own_outcome_in_stages_and_table(tmp_path: Path):
+    r = rep.new_report()
+    rep.add_result(r, meta("test_param_files", "params"), "pass", None)
+    why = "lab1/hello-5 test_params: myshort (perm 0000) cannot be read back"
+    rep.add_result(r, meta("test_params", "params"), "unobservable", why)
+    functional = {**meta("test_functional", "verified"), "name": "a read", "case": "lab1/h/a"}
+    rep.add_result(r, functional, "pass", None)
+    rep.finish(r, 0)
+    (mod,) = r["hosts"][0]["modules"]
+    assert mod["stages"]["params"] == "unobservable"  # above a pass, below a failure
+    assert mod["counts"]["unobservable"] == 1 and mod["failures"] == []
+    assert mod["checks"][-1] == {
+        "kind": "functional",
+        "test": "test_functional",
+        "name": "a read",
+        "id": "lab1/h/a",
+        "stage": "verified",
+        "outcome": "pass",
+        "message": None,
+    }
+    assert r["summary"]["text"] == "2 passed, 0 failed, 0 skipped, 1 not observable"
+    assert r["summary"]["lines"] == []
+    text = render_text(rep.write(r, tmp_path))
+    lines = text.splitlines()
+    assert lines[0] == "kmodlab verify: 2 passed, 0 failed, 0 skipped, 1 not observable"
+    row = next(ln for ln in lines if "| hello-5" in ln)
+    assert [c.strip() for c in row.strip("|").split("|")][4:] == ["-", "-", "-", "not obs", "ok"]
+    assert lines[-2:] == [
+        "Not observable:",
+        "lab1/hello-5 [params] test_params: myshort (perm 0000) cannot be read back",
+    ]
+    rep.add_result(r, meta("test_params", "params"), "fail", "worse")
+    assert r["hosts"][0]["modules"][0]["stages"]["params"] == "fail"

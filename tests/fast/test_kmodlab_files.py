@@ -21,7 +21,10 @@ kmodlab_files = importlib.util.module_from_spec(_SPEC)
 sys.modules["kmodlab_files"] = kmodlab_files
 _SPEC.loader.exec_module(kmodlab_files)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes root-owned files")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root (it writes root-owned files): run the fast tier as root",
+)
 
 
 class Done(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kmodlab import cli
 from kmodlab.cli import app
 from kmodlab.lab import inventory, vms
 from kmodlab.lab.errors import LabError
@@ -101,10 +103,26 @@ def test_down_and_destroy_only_touch_named(lab: vms.Lab) -> None:
         vms.down(lab, ["nope"])
 
 
-def test_next_names_and_free_port() -> None:
+def test_next_names() -> None:
     assert vms.next_names({"lab1", "lab3"}, 3) == ["lab2", "lab4", "lab5"]
+
+
+def test_free_port_is_free_and_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     port = vms.free_port(set())
-    assert 1024 < port < 65536
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nothing listens there
+    # The kernel's pick is retried while it is a port another VM of the lab has.
+    picks = iter([40022, 40022, 40023])
+
+    class Picked(socket.socket):
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", next(picks))
+
+    monkeypatch.setattr(vms.socket, "socket", Picked)
+    assert vms.free_port({40022}) == 40023
+    picks = iter([40022] * 50)
+    with pytest.raises(LabError, match="no free TCP port"):
+        vms.free_port({40022})
 
 
 def test_up_rejects_bad_input_before_starting_anything(lab: vms.Lab, tmp_path: Path) -> None:
@@ -151,12 +169,80 @@ runner = CliRunner()
 def test_cli_ssh_to_stopped_vm_is_exit_2(lab: vms.Lab) -> None:
     with lab.locked() as state:
         state["lab1"] = make_vm()
-    result = runner.invoke(app, ["ssh", "lab1", "--lab-dir", str(lab.path)])
+    result = runner.invoke(app, ["ssh", "--lab-dir", str(lab.path), "lab1"])
     assert result.exit_code == 2
-    assert "not running" in result.output
-    result = runner.invoke(app, ["vm", "ssh", "ghost", "--lab-dir", str(lab.path)])
+    assert "VM lab1 is not running" in result.output
+    result = runner.invoke(app, ["vm", "ssh", "--lab-dir", str(lab.path), "ghost", "true"])
     assert result.exit_code == 2
     assert "no such VM: ghost" in result.output
+
+
+@pytest.fixture
+def ssh_exec(lab: vms.Lab, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """sb1 running in ``lab``; the argv each `kmodlab ssh` would exec instead of ssh."""
+    with lab.locked() as state:
+        state["sb1"] = make_vm("sb1", 40023, secure_boot=True)
+    monkeypatch.setattr(vms, "process_alive", lambda vm, lab: True)
+    calls: list[list[str]] = []
+
+    def execvp(file: str, argv: list[str]) -> None:
+        assert file == argv[0] == "ssh"
+        calls.append(argv)
+
+    monkeypatch.setattr(cli.os, "execvp", execvp)
+    return calls
+
+
+DEST = "kmodlab@127.0.0.1"
+LAB = ["--lab-dir", "LAB"]  # kmodlab's own option, before NAME; "LAB" is the test's lab
+
+
+def invoke(words: list[str], lab: vms.Lab) -> None:
+    result = runner.invoke(app, [str(lab.path) if w == "LAB" else w for w in words])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("words", "guest_command"),
+    [
+        (["ssh", *LAB, "sb1", "mokutil", "--sb-state"], ["mokutil", "--sb-state"]),
+        (["ssh", *LAB, "sb1", "--", "mokutil", "--sb-state"], ["mokutil", "--sb-state"]),
+        (["vm", "ssh", *LAB, "sb1", "sudo", "modprobe", "dummy"], ["sudo", "modprobe", "dummy"]),
+        # kmodlab's options, ssh's options and --help after NAME are the guest's too.
+        (
+            ["ssh", *LAB, "sb1", "ls", "--lab-dir", "/x", "--help"],
+            ["ls", "--lab-dir", "/x", "--help"],
+        ),
+        (["ssh", *LAB, "sb1", "-t", "-v"], ["-t", "-v"]),
+        (["ssh", *LAB, "sb1", "--", "--", "-x"], ["--", "-x"]),
+        (["ssh", *LAB, "sb1", "echo 'a b' | wc -w"], ["echo 'a b' | wc -w"]),
+    ],
+)
+def test_cli_ssh_passes_everything_after_the_name_to_the_guest(
+    lab: vms.Lab, ssh_exec: list[list[str]], words: list[str], guest_command: list[str]
+) -> None:
+    invoke(words, lab)
+    [argv] = ssh_exec
+    dest = argv.index(DEST)
+    # After the destination only the command; `--` before it, so ssh parses none of it.
+    assert argv[dest + 1 :] == guest_command
+    assert argv[dest - 1] == "--"
+    assert str(lab.key) in argv[:dest] and "40023" in argv[:dest]
+    assert "BatchMode=yes" in argv[:dest] and "-t" not in argv[:dest]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [["ssh", *LAB, "sb1"], ["ssh", *LAB], ["vm", "ssh", *LAB, "sb1"], ["ssh", *LAB, "sb1", "--"]],
+)
+def test_cli_ssh_without_a_command_opens_a_login_shell(
+    lab: vms.Lab, ssh_exec: list[list[str]], words: list[str]
+) -> None:
+    invoke(words, lab)
+    [argv] = ssh_exec
+    assert argv[-1] == DEST and "--" not in argv
+    assert argv[1] == "-t" and "BatchMode=yes" not in argv
+    assert str(lab.key) in argv and "40023" in argv
 
 
 def test_cli_unknown_profile_is_exit_2(lab: vms.Lab) -> None:

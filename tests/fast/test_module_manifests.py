@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kmodlab.ansible.module_utils import kmodlab_kmod
 from kmodlab.manifest import MANIFEST_FILE, Manifest, load_all, load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +88,21 @@ def _int(token: str, defines: dict[str, str]) -> int:
     if re.fullmatch(r"0[0-7]+", token):  # C octal, e.g. a mode: 0644
         return sign * int(token, 8)
     return sign * int(token, 0)
+
+
+def _element(token: str, ptype: str, defines: dict[str, str]) -> int | bool:
+    """One element of a C array initialiser, as the manifest writes it."""
+    token = token.strip()
+    if ptype in ("bool", "invbool"):
+        assert token in ("true", "false"), f"bool element {token}: write true or false"
+        return token == "true"
+    return _int(token, defines)
+
+
+def _printed(code: str) -> list[str]:
+    """The format strings of the pr_*() calls, unescaped."""
+    printed = rf"\bpr_(?:emerg|alert|crit|err|warn|notice|info)\(\s*{_C_STRING}"
+    return [_unescape(f) for f in re.findall(printed, code)]
 
 
 def _param_calls(code: str) -> dict[str, dict[str, str]]:
@@ -197,14 +213,25 @@ def test_parameters_match_the_code(name: str) -> None:
         var = re.escape(call["var"])
         ctype = r"\s+".join(C_TYPES[p.type].split())
         if p.array:
-            assert call["count"] != "NULL", f"{where}: arrays here keep a count variable"
             decl = re.search(
                 rf"\b{ctype}\s+{var}\s*\[\s*(\w+)\s*\]\s*(?:=\s*\{{([^}}]*)\}})?\s*;", code
             )
             assert decl, f"{where}: no declaration 'static {C_TYPES[p.type]} {call['var']}[N]'"
             assert _int(decl[1], defines) == p.max_count, f"{where}: max_count"
-            values = [v for v in (decl[2] or "").split(",") if v.strip()]
-            assert [_int(v, defines) for v in values] == p.default, f"{where}: default"
+            values = [_element(v, p.type, defines) for v in (decl[2] or "").split(",") if v.strip()]
+            if call["count"] == "NULL":
+                # module_param_array(name, type, NULL, perm): a fixed-size array whose
+                # every element sysfs shows; C sets the ones not initialised to zero.
+                assert not p.counted, f"{where}: no count variable (NULL): set counted: false"
+                zero: int | bool = False if p.type in ("bool", "invbool") else 0
+                values += [zero] * (p.max_count - len(values))
+                assert values == p.default, (
+                    f"{where}: default {p.default} must list the {p.max_count} initial "
+                    f"values of the array, the code has {values}"
+                )
+                continue
+            assert p.counted, f"{where}: counted: false, but the code passes {call['count']}"
+            assert values == p.default, f"{where}: default"
             count = re.escape(call["count"].lstrip("&"))
             init = re.search(rf"\b{count}\s*=\s*([^;]+);", code)
             assert init, f"{where}: the count variable needs an initial value"
@@ -273,7 +300,8 @@ def test_dmesg_patterns_follow_the_printed_lines(name: str) -> None:
                 f"{name}/{src}: define pr_fmt with KBUILD_MODNAME so the lines name the module"
             )
     prefix = f"{m.kmod}: "
-    for pattern in m.expect.dmesg.load + m.expect.dmesg.unload:
+    logs = [p.log for p in m.parameters if p.log is not None]
+    for pattern in m.expect.dmesg.load + m.expect.dmesg.unload + logs:
         literal = _literal_prefix(pattern)
         assert literal.startswith(prefix), (
             f"{name}: dmesg pattern {pattern!r} must start {prefix!r}"
@@ -283,6 +311,35 @@ def test_dmesg_patterns_follow_the_printed_lines(name: str) -> None:
         assert any(rest[: len(f)] == f[: len(rest)] for f in formats), (
             f"{name}: dmesg pattern {pattern!r} matches no pr_*() line in the sources"
         )
+
+
+_CONVERSION = re.compile(r"%[-+ 0#]*\d*(?:hh|h|ll|l|z)?([dicsuxX])")
+
+
+def _fill(fmt: str, value: str) -> str:
+    """The line a one-conversion printf format prints for ``value``."""
+    return _CONVERSION.sub(lambda _mo: value, fmt.replace("%%", "%")).rstrip("\n")
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_log_captures_what_the_module_prints(name: str) -> None:
+    """A parameter's ``log`` regex reads the module's own line for it back: the line a
+    pr_*() call prints for the default value gives the default as sysfs would show it."""
+    m = _manifest(name)
+    formats = _printed(_code(name))
+    for p in m.parameters:
+        if p.log is None:
+            continue
+        decl = p.model_dump(mode="json")
+        value = kmodlab_kmod.sysfs_value(decl, p.default)
+        lines = []
+        for fmt in formats:
+            if len(_CONVERSION.findall(fmt)) != 1:
+                continue
+            lines.append(f"{m.kmod}: {_fill(fmt, value)}")
+        found = kmodlab_kmod.logged_value(decl, lines)
+        assert found is not None, f"{name}: log of {p.name} matches no pr_*() line {lines}"
+        assert found["text"] == value, f"{name}: log of {p.name} reads {found} for {value!r}"
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmhelpers import PLAIN, SB, Guest
+from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env
 
 from kmodlab.lab import image, inventory, vms
 from kmodlab.lab.paths import lab_dir
@@ -119,3 +119,23 @@ def plain(guests: dict[str, Guest]) -> Guest:
 @pytest.fixture(scope="session")
 def sb(guests: dict[str, Guest]) -> Guest:
     return guests[SB]
+
+
+@pytest.fixture(scope="session")
+def converged(plain: Guest) -> Guest:
+    """molecule default on the plain VM: converge, idempotence (changed=0), verify. Every
+    test that needs the converged lab shares it (and leaves it converged)."""
+    env = {**ansible_env(plain), "KMODLAB_MOLECULE_VM": PLAIN}
+    proc = subprocess.run(
+        [str(VENV / "molecule"), "test", "-s", "default"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    Path(plain.lab.path / "molecule-default.log").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+    return plain

@@ -4,82 +4,20 @@ testinfra verify), then bad input, each proven on the converged VM."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from vmhelpers import PLAIN, ROOT, Guest
+from vmhelpers import ROOT, Guest, assert_not_reached, playbook
 
 from kmodlab.manifest import load_manifest
 
-VENV = ROOT / ".venv/bin"
 HELLO5 = load_manifest(ROOT / "modules/hello-5").wanted_params()
 _MEMORY = load_manifest(ROOT / "modules/memory")
 MEMORY_MAJOR = _MEMORY.expected_major(_MEMORY.expect.proc_devices[0], _MEMORY.wanted_params())
-
-
-def _env(guest: Guest) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{VENV}:{os.environ['PATH']}",
-        "KMODLAB_LAB_DIR": str(guest.lab.path),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_NOCOLOR": "1",
-    }
-
-
-def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.CompletedProcess[str]:
-    """Run lab.yml as users do, on one lab VM."""
-    return subprocess.run(
-        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", limit, *args],
-        cwd=ROOT,
-        env=_env(guest),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-
-
-def recap(output: str, host: str = PLAIN) -> dict[str, int] | None:
-    """The host's PLAY RECAP counters; None when the play never reached the host."""
-    for line in output.splitlines():
-        if line.startswith(f"{host} ") and "ok=" in line:
-            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-    return None
-
-
-def assert_not_reached(output: str) -> None:
-    """The play failed on the controller: no task ran on the host, nothing changed."""
-    counters = recap(output)
-    assert counters is not None, output[-3000:]
-    assert counters["ok"] == 0 and counters["changed"] == 0, output[-3000:]
-    assert "TASK [kernel_headers" not in output
-
-
-@pytest.fixture(scope="module")
-def converged(plain: Guest) -> Guest:
-    """molecule default on the plain VM: converge, idempotence (changed=0), verify."""
-    env = {**_env(plain), "KMODLAB_MOLECULE_VM": PLAIN}
-    proc = subprocess.run(
-        [str(VENV / "molecule"), "test", "-s", "default"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    log = proc.stdout + proc.stderr
-    Path(plain.lab.path / "molecule-default.log").write_text(log)
-    assert proc.returncode == 0, log[-6000:]
-    return plain
 
 
 def test_molecule_default_converges_idempotently_and_verifies(converged: Guest) -> None:
@@ -211,9 +149,9 @@ def test_kernel_rejects_parameter_previous_config_restored(
     )
     out = proc.stdout
     assert proc.returncode != 0, out[-3000:]
-    assert "hello-5" in out or "hello_5" in out
-    assert "mylong" in out
-    assert "invalid for parameter" in out, out[-3000:]
+    assert re.search(
+        r"hello-5: the kernel refused parameter mylong=hello: .*invalid for parameter", out
+    ), out[-3000:]
     assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(HELLO5["myint"])
     assert converged.run("sudo cat /sys/module/hello_5/parameters/mylong").strip() == str(
         HELLO5["mylong"]
@@ -244,10 +182,26 @@ def test_module_that_does_not_compile_others_still_verified(
     (src / "module.yml").write_text(yaml.safe_dump(data))
     c_file = next(src.glob("*.c"))
     c_file.write_text(c_file.read_text() + "\nthis is not C;\n")
-    proc = playbook(converged, "-e", f"kmodlab_manifest_dir={manifests_copy}")
+    report_dir = manifests_copy.parent / "report"
+    proc = playbook(
+        converged,
+        "-e",
+        f"kmodlab_manifest_dir={manifests_copy}",
+        "-e",
+        f"kmod_verify_report_dir={report_dir}",
+    )
     out = proc.stdout
     assert proc.returncode != 0
-    assert ("hello-2" in out and "make.log" in out.lower()) or "error:" in out, out[-4000:]
+    # The compiler's own error, from the make.log tail, names the broken line.
+    assert "make.log" in out and re.search(rf"{c_file.name}:\d+:\d+: error:", out), out[-4000:]
     # The old, good hello-2 is still installed and loaded; the others verified.
     assert "hello_2" in converged.run("cut -d' ' -f1 /proc/modules").split()
-    assert "1.0.0" in converged.run("sudo dkms status hello-2")
+    kernel = converged.run("uname -r").strip()
+    status = converged.run("sudo dkms status hello-2")
+    assert f"hello-2/1.0.0, {kernel}, x86_64: installed" in status, status
+    report = json.loads((report_dir / "report.json").read_text())
+    (host,) = report["hosts"]
+    failed = {m["name"] for m in host["modules"] if m["failures"]}
+    assert failed == {"hello-2"}, report["summary"]
+    passed = [m for m in host["modules"] if m["name"] != "hello-2"]
+    assert len(passed) == 9 and all(m["counts"]["pass"] == m["counts"]["total"] for m in passed)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from test_pipeline import playbook, recap
-from vmhelpers import SB, Guest
+from vmhelpers import SB, Guest, playbook, recap
 
 
 def test_kernel_headers_installs_exactly_the_running_kernels(sb: Guest) -> None:

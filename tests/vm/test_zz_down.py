@@ -23,9 +23,24 @@ def _lab_qemu_pids(lab_path: Path) -> list[int]:
 
 def test_down_stops_every_vm_of_the_lab(plain: Guest, sb: Guest) -> None:
     assert _lab_qemu_pids(plain.lab.path), "the VMs should be running before down"
+    sb.run(f"echo {sb.vm.name} | sudo tee /var/tmp/kmodlab-down-marker >/dev/null")
     kmodlab("vm", "down", lab=plain.lab)
     assert _lab_qemu_pids(plain.lab.path) == []
     status = kmodlab("vm", "status", "--json", lab=plain.lab).stdout
     assert '"running"' not in status
-    # Disks are kept: up restarts on them (not exercised here to save a boot).
     assert (plain.lab.path / "vms" / plain.vm.name / "disk.qcow2").exists()
+
+
+def test_up_after_down_restarts_the_same_vm(sb: Guest) -> None:
+    """`vm up NAME` after `vm down` boots the same disk and UEFI variable store: the
+    marker written before is there, and the MOK enrolled at creation still is (it lives
+    only in that VM's variable store), under Secure Boot."""
+    kmodlab("vm", "up", sb.vm.name, lab=sb.lab)
+    sb.vm = sb.lab.load()[sb.vm.name]
+    try:
+        assert sb.run("cat /var/tmp/kmodlab-down-marker").strip() == sb.vm.name
+        assert "SecureBoot enabled" in sb.run("mokutil --sb-state")
+        assert "CN=kmodlab throwaway test key" in sb.run("mokutil --list-enrolled")
+    finally:
+        kmodlab("vm", "down", sb.vm.name, lab=sb.lab)
+    assert _lab_qemu_pids(sb.lab.path) == []

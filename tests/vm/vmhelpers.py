@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from kmodlab.lab import vms
 
 ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv/bin"
 PLAIN = "t-plain"
 SB = "t-sb"
 
@@ -49,3 +51,43 @@ def kmodlab(*args: str, lab: vms.Lab, check: bool = True) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise AssertionError(f"kmodlab {shlex.join(args)}: {proc.returncode}\n{proc.stderr}")
     return proc
+
+
+def ansible_env(guest: Guest) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{VENV}:{os.environ['PATH']}",
+        "KMODLAB_LAB_DIR": str(guest.lab.path),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.CompletedProcess[str]:
+    """Run lab.yml as users do, on one lab VM."""
+    return subprocess.run(
+        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", limit, *args],
+        cwd=ROOT,
+        env=ansible_env(guest),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+
+
+def recap(output: str, host: str = PLAIN) -> dict[str, int] | None:
+    """The host's PLAY RECAP counters; None when the play never reached the host."""
+    for line in output.splitlines():
+        if line.startswith(f"{host} ") and "ok=" in line:
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    return None
+
+
+def assert_not_reached(output: str) -> None:
+    """The play failed on the controller: no task ran on the host, nothing changed."""
+    counters = recap(output)
+    assert counters is not None, output[-3000:]
+    assert counters["ok"] == 0 and counters["changed"] == 0, output[-3000:]
+    assert "TASK [kernel_headers" not in output

@@ -9,6 +9,8 @@ need. It makes no decisions: the checks run on the controller
     stat:       paths to stat (type, mode, major/minor of device nodes)
     read:       paths whose content to read (never device nodes)
     list:       directories to list
+    build_id:   files whose GNU build ID to read: a .ko (ELF, also .xz / .gz) or a
+                sysfs note file (/sys/module/KMOD/notes/.note.gnu.build-id)
     commands:   {key: argv} to run (modinfo, uname)
     dkms:       {tree, names}: the dkms status entries of these packages, read from the
                 DKMS tree by kmodlab's own reader (module_utils/kmodlab_dkms_status.py,
@@ -24,17 +26,23 @@ need. It makes no decisions: the checks run on the controller
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import lzma
 import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 
 # Filled in by kmodlab.verify.observe.collector_source().
 DKMS_STATUS_SOURCE = ""
 READ_LIMIT = 65536
+MODULE_LIMIT = 64 * 1024 * 1024
+NT_GNU_BUILD_ID = 3
+SHT_NOTE = 7
 KMSG_RECORD = re.compile(r"^(\d+),(\d+),(-?\d+),[^;]*;(.*)$")
 
 
@@ -74,6 +82,70 @@ def _list(path: str) -> list[str] | None:
         return sorted(os.listdir(path))
     except OSError:
         return None
+
+
+def _note_build_id(data: bytes, order: str) -> str | None:
+    """The GNU build ID in a run of ELF notes (namesz, descsz, type, name, desc)."""
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from(order + "III", data, pos)
+        pos += 12
+        name = data[pos : pos + namesz]
+        pos += (namesz + 3) & ~3
+        desc = data[pos : pos + descsz]
+        pos += (descsz + 3) & ~3
+        if ntype == NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU" and desc:
+            return desc.hex()
+    return None
+
+
+def _elf_build_id(data: bytes) -> str | None:
+    """The GNU build ID in the SHT_NOTE sections of an ELF file (32 or 64 bit)."""
+    order = "<" if data[5] == 1 else ">"
+    if data[4] == 2:
+        (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from(order + "HH", data, 0x3A)
+        where, fields = 0x18, "QQ"
+    else:
+        (shoff,) = struct.unpack_from(order + "I", data, 0x20)
+        shentsize, shnum = struct.unpack_from(order + "HH", data, 0x2E)
+        where, fields = 0x10, "II"
+    for index in range(shnum):
+        header = shoff + index * shentsize
+        (sh_type,) = struct.unpack_from(order + "I", data, header + 4)
+        if sh_type != SHT_NOTE:
+            continue
+        offset, size = struct.unpack_from(order + fields, data, header + where)
+        found = _note_build_id(data[offset : offset + size], order)
+        if found:
+            return found
+    return None
+
+
+def _build_id(path: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MODULE_LIMIT)
+        if path.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif path.endswith(".gz"):
+            data = gzip.decompress(data)
+        elif path.endswith(".zst"):
+            return {"ok": False, "error": "zstd-compressed: not read"}
+    except OSError as exc:
+        return {"ok": False, "error": exc.strerror or str(exc)}
+    except (lzma.LZMAError, EOFError) as exc:
+        return {"ok": False, "error": f"cannot decompress: {exc}"}
+    try:
+        if data[:4] == b"\x7fELF":
+            found = _elf_build_id(data)
+        else:
+            found = _note_build_id(data, "<" if sys.byteorder == "little" else ">")
+    except (struct.error, IndexError) as exc:
+        return {"ok": False, "error": f"not a valid ELF file or note: {exc}"}
+    if found is None:
+        return {"ok": False, "error": "no GNU build ID note"}
+    return {"ok": True, "build_id": found}
 
 
 def _run(argv: list[str], binary: bool = False) -> dict:
@@ -182,6 +254,7 @@ def collect(request: dict) -> dict:
         "stat": {p: _stat(p) for p in request.get("stat", [])},
         "read": {p: _read(p) for p in request.get("read", [])},
         "list": {p: _list(p) for p in request.get("list", [])},
+        "build_id": {p: _build_id(p) for p in request.get("build_id", [])},
         "commands": {k: _run(v) for k, v in sorted(request.get("commands", {}).items())},
     }
     if request.get("dkms"):

@@ -1,7 +1,10 @@
 """The checks of the verify suite: pure functions of (record, observation, kernel).
 
 Each returns a list of problems, empty when the host is as the manifest and the
-wanted parameters say. Nothing here is written for one module: every expectation
+wanted parameters say. A problem that starts with ``NOT_OBSERVABLE`` says that a fact
+cannot be seen on the host at all (e.g. a perm-0 parameter's value): when every
+problem of a check is such, the suite reports the check as "not observable", neither
+passed nor failed. Nothing here is written for one module: every expectation
 comes from the resolved record (state, wanted params, persist) and its manifest.
 
 The expected sysfs text of a parameter is computed here on its own, not with the
@@ -17,22 +20,43 @@ import re
 import shlex
 from typing import Any
 
+from kmodlab.ansible.module_utils import kmodlab_kmod as _kmod
 from kmodlab.verify.observe import (
+    DKMS_TREE,
     PROC_DEVICES,
+    SOURCE_ROOT,
     Observation,
+    build_id_path,
     config_paths,
+    installed_files,
     param_path,
     sys_module,
 )
 
 KERNEL_LINES = 20
+# A problem starting with exactly this is a fact the host cannot show, not a failure.
+NOT_OBSERVABLE = "not observable: "
 
 
 # ------------------------------------------------------------------ values
 
 
 def expected_text(param: dict[str, Any], value: Any) -> str:
-    """What /sys/module/KMOD/parameters/NAME shows for ``value`` (no newline)."""
+    """What /sys/module/KMOD/parameters/NAME shows for ``value`` (no newline).
+
+    A fixed-size array (``counted: false``, no count variable) shows all its
+    ``max_count`` elements: the given ones, then the rest of its initial values (the
+    manifest's ``default``), e.g. ``Y,Y,N,N`` for ``[true]`` over ``[true, true,
+    false, false]``.
+    """
+    if param.get("array") and param.get("counted", True) is False:
+        value = list(value) + list(param["default"])[len(value) :]
+    return expected_arg(param, value)
+
+
+def expected_arg(param: dict[str, Any], value: Any) -> str:
+    """The text of ``value`` as given to the kernel (``name=TEXT``): for an array, the
+    elements given, however many the array holds."""
 
     def one(v: Any) -> str:
         if param["type"] in ("bool", "invbool"):
@@ -271,7 +295,7 @@ def persistence(record: dict[str, Any], obs: Observation, kernel: str) -> list[s
             if lines not in ([record["kmod"]], [record["name"]]):
                 problems.append(f"{path} should name only {record['kmod']}, it has {lines}")
             continue
-        want = {k: expected_text(decls[k], v) for k, v in record["params"].items()}
+        want = {k: expected_arg(decls[k], v) for k, v in record["params"].items()}
         options = [ln.split(None, 2) for ln in lines if ln.split()[0] == "options"]
         if len(options) != 1 or len(lines) != 1:
             problems.append(f"{path} should hold one options line, it has {lines}")
@@ -296,14 +320,58 @@ def loaded(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     problems = []
     if state.strip() != "live":
         problems.append(f"{record['kmod']} is {state.strip()!r}, not live")
-    live_src = (obs.text(f"{base}/srcversion") or "").strip()
+    return problems + same_build(record, obs)
+
+
+def same_build(record: dict[str, Any], obs: Observation) -> list[str]:
+    """Whether the loaded module is the installed .ko: by srcversion when both have one,
+    else by the GNU build ID (``/sys/module/KMOD/notes/.note.gnu.build-id``).
+
+    modpost adds a srcversion only when the module sets MODULE_VERSION or the kernel
+    has CONFIG_MODULE_SRCVERSION_ALL=y (Debian 12's 6.1 kernels do not), and the sysfs
+    file exists only when it did: our lab modules have neither side. A srcversion on
+    one side only means two different builds.
+    """
+    kmod = record["kmod"]
+    live_src = (obs.text(f"{sys_module(record)}/srcversion") or "").strip()
     disk_src = (modinfo_fields(obs, record).get("srcversion") or [""])[0]
-    if live_src and disk_src and live_src != disk_src:
-        problems.append(
-            f"the loaded {record['kmod']} (srcversion {live_src}) is not the installed one "
+    if live_src and disk_src:
+        if live_src == disk_src:
+            return []
+        return [
+            f"the loaded {kmod} (srcversion {live_src}) is not the installed one "
             f"({disk_src}): reload it"
+        ]
+    if live_src or disk_src:
+        return [
+            f"the loaded {kmod} has srcversion {live_src or 'none'}, the installed file "
+            f"{disk_src or 'none'}: they are different builds, reload it"
+        ]
+    filename = (modinfo_fields(obs, record).get("filename") or [""])[0]
+    if filename.startswith("/usr/lib/"):
+        filename = filename[len("/usr") :]
+    live_id, live_error = obs.build_id(build_id_path(record))
+    disk_id, disk_error = obs.build_id(filename) if filename else (None, "modinfo names no file")
+    if live_id and disk_id:
+        if live_id == disk_id:
+            return []
+        return [
+            f"the loaded {kmod} (build ID {live_id}) is not the installed {filename} "
+            f"(build ID {disk_id}): reload it"
+        ]
+    missing = "; ".join(
+        f"{what}: {error}"
+        for what, value, error in (
+            (build_id_path(record), live_id, live_error),
+            (filename or "the installed file", disk_id, disk_error),
         )
-    return problems
+        if not value
+    )
+    return [
+        f"{NOT_OBSERVABLE}whether the loaded {kmod} is the installed build: neither has a "
+        f"srcversion (no MODULE_VERSION, CONFIG_MODULE_SRCVERSION_ALL off) and the build "
+        f"ID cannot be read ({missing})"
+    ]
 
 
 def not_loaded(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
@@ -311,6 +379,41 @@ def not_loaded(record: dict[str, Any], obs: Observation, kernel: str) -> list[st
     if obs.exists(f"{base}/initstate"):
         return [f"{record['kmod']} is loaded but its state is absent"]
     return []
+
+
+def _gone(obs: Observation, path: str) -> str | None:
+    """None when ``path`` was observed not to exist, else what is wrong."""
+    entry = obs.data.get("stat", {}).get(path)
+    if entry is None:
+        return f"{path} was not observed"
+    if entry.get("exists"):
+        return f"{path} exists"
+    if entry.get("error") not in ("No such file or directory", "Not a directory"):
+        return f"cannot tell whether {path} exists: {entry.get('error')}"
+    return None
+
+
+def dkms_removed(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    """An absent module's package is gone from DKMS: no entry and no folder in the DKMS
+    tree, no installed .ko for the running kernel, no sources of its version."""
+    name = record["name"]
+    problems = []
+    tree = obs.dkms
+    if "error" in tree:
+        problems.append(f"the DKMS tree could not be read: {tree['error']}")
+    else:
+        lines = [e["line"] for e in tree.get("entries", []) if e["name"] == name]
+        if lines:
+            problems.append(f"DKMS still has {name}: {'; '.join(lines)}")
+    why = {
+        f"{DKMS_TREE}/{name}": "dkms remove deletes it with the last version",
+        f"{SOURCE_ROOT}/{name}-{record['version']}": "dkms_module deletes the sources",
+    }
+    for path in [*why, *installed_files(record, kernel)]:
+        problem = _gone(obs, path)
+        if problem:
+            problems.append(f"{problem} ({why.get(path, 'dkms uninstall deletes it')})")
+    return problems
 
 
 def _not_loaded(record: dict[str, Any], obs: Observation) -> list[str]:
@@ -340,6 +443,7 @@ def params(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     for name, value in sorted(record["params"].items()):
         decl = decls[name]
         if not visible(decl):
+            problems.extend(hidden_param(record, obs, decl, value))
             continue
         want = expected_text(decl, value)
         if name in majors and want == "0":
@@ -353,6 +457,35 @@ def params(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
         if live != want:
             problems.append(f"{name} is {live!r}, wanted {want!r}")
     return problems
+
+
+def hidden_param(
+    record: dict[str, Any], obs: Observation, decl: dict[str, Any], value: Any
+) -> list[str]:
+    """A wanted parameter sysfs does not show (perm 0000): its value is only in the
+    module's own message, found with the manifest's ``log`` regex since its last load
+    (the parser kmod_load uses, so that both read the message alike)."""
+    name = decl["name"]
+    want = expected_text(decl, value)
+    if not decl.get("log"):
+        return [
+            f"{NOT_OBSERVABLE}{name} has perm 0000, so no file in sysfs, and the manifest "
+            f"gives no log regex to read it from the module's messages (wanted {want!r})"
+        ]
+    if obs.kernel_log_source == "none":
+        return [f"{NOT_OBSERVABLE}{name}: the kernel log could not be read (wanted {want!r})"]
+    unload = record["manifest"]["expect"].get("dmesg", {}).get("unload") or []
+    seen = _kmod.logged_value(decl, obs.kernel_log, unload)
+    if seen is None:
+        return [
+            f"{name} (perm 0000): no kernel message since the last load matches "
+            f"/{decl['log']}/ (wanted {want!r})"
+        ]
+    if seen["text"] != want:
+        return [
+            f"{name} is {seen['text']!r} by the module's message {seen['line']!r}, wanted {want!r}"
+        ]
+    return []
 
 
 def param_files(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
@@ -461,26 +594,47 @@ def procfs(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     return _path_checks(record["manifest"]["expect"].get("procfs") or [], obs)
 
 
-def since_last_load(record: dict[str, Any], lines: list[str]) -> list[str]:
-    """Kernel lines after the module's last unload message (all of them if none)."""
-    unload = [
-        re.compile(p) for p in record["manifest"]["expect"].get("dmesg", {}).get("unload") or []
-    ]
-    cut = 0
-    for index, line in enumerate(lines):
-        if any(p.search(line) for p in unload):
-            cut = index + 1
-    return lines[cut:]
-
-
 def dmesg_load(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
-    patterns = record["manifest"]["expect"].get("dmesg", {}).get("load") or []
-    lines = since_last_load(record, obs.kernel_log)
-    return [
-        f"no kernel message since the last load matches /{p}/"
-        for p in patterns
-        if not any(re.search(p, line) for line in lines)
-    ]
+    """The manifest's load messages, in order, from the module's current load.
+
+    The current load starts at the newest line matching the first load pattern. It
+    must come after the module's newest unload message (else it is an earlier load's
+    and the current load printed nothing), and the other patterns must match in the
+    manifest's order from there on. A module that prints nothing on unload cannot be
+    told from an earlier load of its own that printed the same lines.
+    """
+    dmesg = record["manifest"]["expect"].get("dmesg") or {}
+    patterns = dmesg.get("load") or []
+    if not patterns:
+        return []
+    lines = obs.kernel_log
+    first = re.compile(patterns[0])
+    starts = [i for i, line in enumerate(lines) if first.search(line)]
+    if not starts:
+        return [
+            f"no kernel message matches /{patterns[0]}/, the first load message "
+            f"({len(lines)} lines from {obs.kernel_log_source})"
+        ]
+    start = starts[-1]
+    unload = [re.compile(p) for p in dmesg.get("unload") or []]
+    unloads = [i for i, line in enumerate(lines) if any(p.search(line) for p in unload)]
+    if unloads and unloads[-1] > start:
+        return [
+            f"the newest load message {lines[start]!r} is older than the unload message "
+            f"{lines[unloads[-1]]!r}: the current load printed no /{patterns[0]}/"
+        ]
+    problems = []
+    at = start
+    for pattern in patterns[1:]:
+        found = next((i for i in range(at, len(lines)) if re.search(pattern, lines[i])), None)
+        if found is None:
+            problems.append(
+                f"no kernel message of the current load (from {lines[start]!r}) matches "
+                f"/{pattern}/ after {lines[at]!r}"
+            )
+        else:
+            at = found
+    return problems
 
 
 def errno_text(name: str) -> str | None:

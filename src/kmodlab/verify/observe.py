@@ -20,6 +20,9 @@ COLLECTOR = Path(__file__).with_name("_collector.py")
 # The DKMS tree reader the kmodlab_dkms Ansible module uses, sent inside the collector.
 DKMS_STATUS = Path(__file__).parents[1] / "ansible/module_utils/kmodlab_dkms_status.py"
 DKMS_TREE = "/var/lib/dkms"
+SOURCE_ROOT = "/usr/src"
+INSTALL_DIR = "/lib/modules/{kernel}/updates/dkms"
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 PROC_DEVICES = "/proc/devices"
 MODPROBE_D = "/etc/modprobe.d"
 MODULES_LOAD_D = "/etc/modules-load.d"
@@ -45,6 +48,18 @@ def param_path(record: dict[str, Any], name: str) -> str:
     return f"{sys_module(record)}/parameters/{name}"
 
 
+def build_id_path(record: dict[str, Any]) -> str:
+    """The loaded module's GNU build ID note (its .ko's ``.note.gnu.build-id``)."""
+    return f"{sys_module(record)}/notes/.note.gnu.build-id"
+
+
+def installed_files(record: dict[str, Any], kernel: str) -> list[str]:
+    """Where DKMS installs the module's .ko for ``kernel`` (any name and suffix)."""
+    folder = INSTALL_DIR.format(kernel=kernel)
+    names = sorted({record["name"], record["kmod"]})
+    return [f"{folder}/{name}{suffix}" for name in names for suffix in MODULE_SUFFIXES]
+
+
 def config_paths(record: dict[str, Any]) -> tuple[str, str]:
     """(/etc/modprobe.d/NAME.conf, /etc/modules-load.d/NAME.conf)."""
     return (
@@ -61,6 +76,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
     stat: list[str] = []
     read: list[str] = [PROC_DEVICES]
     listing: list[str] = []
+    build_ids: list[str] = []
     commands: dict[str, list[str]] = {"uname": ["uname", "-r"]}
     functional: list[dict[str, Any]] = []
     for rec in expectation.modules:
@@ -84,8 +100,12 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
                 expectation.kernel,
                 rec["kmod"],
             ]
+        if rec["state"] == "absent":
+            stat += [f"{DKMS_TREE}/{rec['name']}", f"{SOURCE_ROOT}/{rec['name']}-{rec['version']}"]
+            stat += installed_files(rec, expectation.kernel)
         if rec["state"] != "present":
             continue
+        build_ids += [build_id_path(rec), *installed_files(rec, expectation.kernel)]
         for node in expect.get("dev_nodes") or []:
             stat.append(node["path"])
         for check in (expect.get("sysfs") or []) + (expect.get("procfs") or []):
@@ -111,6 +131,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
         "stat": list(dict.fromkeys(stat)),
         "read": list(dict.fromkeys(read)),
         "list": list(dict.fromkeys(listing)),
+        "build_id": list(dict.fromkeys(build_ids)),
         "commands": commands,
         "dkms": {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]},
         "kernel_log": True,
@@ -146,6 +167,15 @@ class Observation:
 
     def listing(self, path: str) -> list[str] | None:
         return self.data.get("list", {}).get(path)
+
+    def build_id(self, path: str) -> tuple[str | None, str | None]:
+        """(GNU build ID in hex, None) of a .ko or a sysfs note file, or (None, why not)."""
+        entry = self.data.get("build_id", {}).get(path)
+        if entry is None:
+            return None, "not observed"
+        if not entry.get("ok"):
+            return None, str(entry.get("error"))
+        return str(entry["build_id"]), None
 
     @property
     def dkms(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from kmodlab.verify import report as _report
+from kmodlab.verify.checks import NOT_OBSERVABLE
 from kmodlab.verify.expectations import ENV_EXPECTATIONS, ENV_REPORT_DIR, Case
 
 _KEY = "kmodlab"
@@ -43,7 +44,6 @@ class ReportPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.report = _report.new_report()
-        self.seen: set[str] = set()
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -55,11 +55,16 @@ class ReportPlugin:
             case = callspec.params.get("kmodlab_case") if callspec else None
             spec = getattr(getattr(item, "function", None), "kmodlab_check", None)
             if spec is not None and not isinstance(case, Case):
-                empty.append(item)  # a check no module needs (pytest's empty parameter set)
+                # pytest's empty parameter set: a test neither its selection rule nor
+                # the manifests call for on any host (the suite fails a test one of
+                # them wants and the other does not, so nothing wanted vanishes here)
+                empty.append(item)
                 continue
             keep.append(item)
             if spec is None:
                 continue
+            test = item.originalname if hasattr(item, "originalname") else item.name
+            functional = case.functional
             meta = {
                 "host": case.host_name,
                 "module": case.module,
@@ -67,7 +72,9 @@ class ReportPlugin:
                 "state": case.record.get("state") if case.record else None,
                 "kernel": case.expectation.kernel if case.expectation else None,
                 "stage": spec["stage"],
-                "test": item.originalname if hasattr(item, "originalname") else item.name,
+                "test": test,
+                "kind": test.removeprefix("test_"),
+                "name": functional["name"] if functional is not None else None,
                 "case": case.id,
             }
             item.user_properties.append((_KEY, meta))
@@ -85,10 +92,13 @@ class ReportPlugin:
             outcome = "fail"
         else:
             return
-        if report.nodeid in self.seen and outcome != "fail":
-            return
-        self.seen.add(report.nodeid)
-        message = None if outcome != "fail" else _message(report)
+        message = None
+        if outcome == "skip":
+            reason = _skip_reason(report)
+            if reason.startswith(NOT_OBSERVABLE):
+                outcome, message = "unobservable", reason[len(NOT_OBSERVABLE) :]
+        elif outcome == "fail":
+            message = _message(report)
         _report.add_result(self.report, meta, outcome, message)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -118,6 +128,14 @@ def _message(report: pytest.TestReport) -> str:
         if text.startswith(prefix):
             text = text[len(prefix) :]
     return text.strip()
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """A skip's reason ("Skipped: " dropped); the suite's not-observable checks skip
+    with a reason starting with checks.NOT_OBSERVABLE."""
+    longrepr = report.longrepr
+    text = str(longrepr[2]) if isinstance(longrepr, tuple | list) else str(longrepr)
+    return text.removeprefix("Skipped: ").strip()
 
 
 def _report_dir(config: pytest.Config) -> str | None:

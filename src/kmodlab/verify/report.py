@@ -5,27 +5,42 @@ outcomes and writes ``report.json`` (for tools) and ``report.txt`` (the table, f
 people) into the report folder. ``render_report(path)`` turns a ``report.json`` back
 into a rich renderable; ``render_text(path)`` into plain text.
 
-report.json::
+report.json (schema 1; roles/kmod_verify/README.md documents it too)::
 
     {"schema": 1, "created": "...", "exitstatus": 1,
-     "summary": {"passed": 40, "failed": 2, "skipped": 0, "error": 0, "text": "..."},
+     "summary": {"passed": 40, "failed": 2, "skipped": 0, "unobservable": 1,
+                 "text": "...", "lines": ["host/module [stage] test: problem", ...]},
      "hosts": [{"host": "lab1", "kernel": "...", "problems": ["..."],
+                "checks": [<the host's checks: test_host>],
                 "modules": [{"name": "hello-5", "version": "1.0.0", "state": "present",
                              "stages": {"built": "pass", "installed": "pass",
                                         "loaded": "pass", "params": "fail",
                                         "verified": "pass"},
+                             "counts": {"total": 11, "pass": 9, "fail": 1, "skip": 0,
+                                        "unobservable": 1},
+                             "checks": [{"kind": "params", "test": "test_params",
+                                         "name": null, "id": "lab1/hello-5",
+                                         "stage": "params", "outcome": "fail",
+                                         "message": "..."}, ...],
                              "failures": [{"test": "test_params", "stage": "params",
                                            "message": "..."}]}]}]}
 
-A stage is "pass" when all its tests passed, "fail" when one failed or errored,
-"skip" when they were skipped, "n/a" when no test belongs to it (e.g. built for an
-absent module).
+Every test of the suite that ran is one entry of its module's (or host's) ``checks``,
+with its final outcome: "pass", "fail" (failed or errored), "skip" (skipped by
+pytest) or "unobservable" (the fact cannot be seen on the host: neither passed nor
+failed, the exit status stays 0). ``kind`` is the test's name without ``test_``;
+``name`` the functional check's name for ``kind`` "functional", else null.
+``counts`` counts ``checks`` by outcome. A stage is "fail" when one of its tests
+failed, else "unobservable" when one was, else "pass" when one passed, "skip" when
+they were all skipped, "n/a" when no test belongs to it (e.g. built for an absent
+module).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +52,18 @@ from rich.text import Text
 
 SCHEMA = 1
 STAGES = ("built", "installed", "loaded", "params", "verified")
-_RANK = {"n/a": 0, "skip": 1, "pass": 2, "fail": 3}
-_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "n/a": "dim"}
-_LABEL = {"pass": "ok", "fail": "FAIL", "skip": "skip", "n/a": "-"}
+OUTCOMES = ("pass", "fail", "skip", "unobservable")
+_RANK = {"n/a": 0, "skip": 1, "pass": 2, "unobservable": 3, "fail": 4}
+_STYLE = {
+    "pass": "green",
+    "fail": "bold red",
+    "skip": "yellow",
+    "unobservable": "magenta",
+    "n/a": "dim",
+}
+_LABEL = {"pass": "ok", "fail": "FAIL", "skip": "skip", "unobservable": "not obs", "n/a": "-"}
+_ORIGIN = re.compile(r"^\S+ test_[a-z_]+: ")
+_COUNTER = {"pass": "passed", "fail": "failed", "skip": "skipped", "unobservable": "unobservable"}
 
 
 def new_report() -> dict[str, Any]:
@@ -47,7 +71,14 @@ def new_report() -> dict[str, Any]:
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "exitstatus": None,
-        "summary": {"passed": 0, "failed": 0, "skipped": 0, "text": "", "lines": []},
+        "summary": {
+            "passed": 0,
+            "failed": 0,
+            "skipped": 0,
+            "unobservable": 0,
+            "text": "",
+            "lines": [],
+        },
         "hosts": [],
     }
 
@@ -56,7 +87,7 @@ def _host(report: dict[str, Any], name: str) -> dict[str, Any]:
     for entry in report["hosts"]:
         if entry["host"] == name:
             return entry
-    entry = {"host": name, "kernel": None, "problems": [], "modules": []}
+    entry = {"host": name, "kernel": None, "problems": [], "checks": [], "modules": []}
     report["hosts"].append(entry)
     return entry
 
@@ -72,26 +103,69 @@ def _module(
         "version": version,
         "state": state,
         "stages": dict.fromkeys(STAGES, "n/a"),
+        "counts": {"total": 0, **dict.fromkeys(OUTCOMES, 0)},
+        "checks": [],
         "failures": [],
     }
     host["modules"].append(entry)
     return entry
 
 
+def _record_check(
+    report: dict[str, Any],
+    owner: dict[str, Any],
+    meta: dict[str, Any],
+    outcome: str,
+    message: str | None,
+) -> bool:
+    """Add or update the check entry of one test; False when its outcome stays."""
+    test = meta["test"]
+    entry = next(
+        (c for c in owner["checks"] if c["test"] == test and c["id"] == meta.get("case")), None
+    )
+    if entry is None:
+        entry = {
+            "kind": meta.get("kind") or test.removeprefix("test_"),
+            "test": test,
+            "name": meta.get("name"),
+            "id": meta.get("case"),
+            "stage": meta["stage"],
+            "outcome": outcome,
+            "message": message,
+        }
+        owner["checks"].append(entry)
+    elif _RANK[outcome] > _RANK[entry["outcome"]]:
+        report["summary"][_COUNTER[entry["outcome"]]] -= 1
+        if "counts" in owner:
+            owner["counts"][entry["outcome"]] -= 1
+            owner["counts"]["total"] -= 1
+        entry.update(outcome=outcome, message=message)
+    else:
+        return False
+    report["summary"][_COUNTER[outcome]] += 1
+    if "counts" in owner:
+        owner["counts"][outcome] += 1
+        owner["counts"]["total"] += 1
+    return True
+
+
 def add_result(
     report: dict[str, Any], meta: dict[str, Any], outcome: str, message: str | None
 ) -> None:
-    """Fold one test outcome ("pass", "fail", "skip") into the report."""
+    """Fold one test outcome ("pass", "fail", "skip", "unobservable") into the report.
+
+    A test reported again (a teardown error after its call) counts once, with its
+    worst outcome."""
     host = _host(report, meta["host"])
     if meta.get("kernel"):
         host["kernel"] = meta["kernel"]
-    counter = {"pass": "passed", "fail": "failed", "skip": "skipped"}[outcome]
-    report["summary"][counter] += 1
     if meta.get("module") is None:
-        if outcome == "fail":
+        if _record_check(report, host, meta, outcome, message) and outcome == "fail":
             host["problems"].append(message or meta["test"])
         return
     mod = _module(host, meta["module"], meta.get("version"), meta.get("state"))
+    if not _record_check(report, mod, meta, outcome, message):
+        return
     stage = meta["stage"]
     if _RANK[outcome] > _RANK[mod["stages"][stage]]:
         mod["stages"][stage] = outcome
@@ -99,8 +173,17 @@ def add_result(
         mod["failures"].append({"test": meta["test"], "stage": stage, "message": message or ""})
 
 
+def _order(check: dict[str, Any]) -> tuple[int, str, str]:
+    stage = STAGES.index(check["stage"]) if check["stage"] in STAGES else -1
+    return stage, check["test"], check.get("id") or ""
+
+
 def finish(report: dict[str, Any], exitstatus: int) -> dict[str, Any]:
     report["exitstatus"] = int(exitstatus)
+    for host in report["hosts"]:
+        host.get("checks", []).sort(key=_order)
+        for mod in host["modules"]:
+            mod["checks"].sort(key=_order)
     s = report["summary"]
     broken = [
         f"{h['host']}/{m['name']} ({', '.join(k for k, v in m['stages'].items() if v == 'fail')})"
@@ -108,11 +191,18 @@ def finish(report: dict[str, Any], exitstatus: int) -> dict[str, Any]:
         for m in h["modules"]
         if m["failures"]
     ] + [f"{h['host']} (host)" for h in report["hosts"] if h["problems"]]
-    s["text"] = f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped" + (
-        f"; failing: {', '.join(broken)}" if broken else ""
-    )
+    s["text"] = _counts_text(s) + (f"; failing: {', '.join(broken)}" if broken else "")
     s["lines"] = failure_lines(report)
     return report
+
+
+def _counts_text(summary: dict[str, Any]) -> str:
+    text = (
+        f"{summary.get('passed', 0)} passed, {summary.get('failed', 0)} failed, "
+        f"{summary.get('skipped', 0)} skipped"
+    )
+    unobservable = summary.get("unobservable", 0)
+    return text + (f", {unobservable} not observable" if unobservable else "")
 
 
 def failure_lines(report: dict[str, Any]) -> list[str]:
@@ -128,6 +218,18 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
                     f"{_first_line(failure['message'])}"
                 )
     return lines
+
+
+def unobservable_lines(report: dict[str, Any]) -> list[str]:
+    """One line per check that was not observable: ``host/module [stage] test: why``."""
+    return [
+        f"{host['host']}/{mod['name']} [{check['stage']}] {check['test']}: "
+        f"{_first_line(check.get('message') or '')}"
+        for host in report.get("hosts", [])
+        for mod in host.get("modules", [])
+        for check in mod.get("checks", [])
+        if check.get("outcome") == "unobservable"
+    ]
 
 
 def write(report: dict[str, Any], directory: str | Path) -> Path:
@@ -147,10 +249,12 @@ def load(source: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def _first_line(message: str) -> str:
+    """The first problem of a message, without its ``HOST/MODULE test_NAME: `` head
+    (the line that quotes it names them already)."""
     for line in message.splitlines():
         stripped = line.strip().lstrip("- ").strip()
         if stripped and not stripped.endswith(":"):
-            return stripped
+            return _ORIGIN.sub("", stripped)
     return message.strip().splitlines()[0] if message.strip() else ""
 
 
@@ -159,12 +263,14 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     report = load(source)
     summary = report.get("summary", {})
     failed = summary.get("failed", 0)
+    unobservable = summary.get("unobservable", 0)
     title = Text.assemble(
         ("kmodlab verify: ", "bold"),
         (f"{summary.get('passed', 0)} passed", "green"),
         ", ",
         (f"{failed} failed", "bold red" if failed else "green"),
         f", {summary.get('skipped', 0)} skipped",
+        (f", {unobservable} not observable", _STYLE["unobservable"]) if unobservable else "",
     )
     table = Table(
         title=title, box=box.ASCII if ascii_only else box.SIMPLE_HEAD, title_justify="left"
@@ -200,21 +306,29 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     if lines:
         parts.append(Text("Failures:", style="bold red"))
         parts.extend(Text(line, style="red") for line in lines)
+    unseen = unobservable_lines(report)
+    if unseen:
+        parts.append(Text("Not observable:", style="bold magenta"))
+        parts.extend(Text(line, style="magenta") for line in unseen)
     return Group(*parts)
 
 
 def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
     """The report as plain text (no colours): the table, then one unwrapped line per
-    failure (e.g. for Ansible's output, where each line becomes a list item)."""
+    failure and per check not observable (e.g. for Ansible's output, where each line
+    becomes a list item)."""
     report = load(source)
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     table = render_report(report, ascii_only=True)
     assert isinstance(table, Group)
     console.print(table.renderables[0])
-    lines = failure_lines(report)
-    if lines:
-        console.print("Failures:", soft_wrap=True)
-        for line in lines:
-            console.print(line, soft_wrap=True, markup=False, highlight=False)
+    for heading, lines in (
+        ("Failures:", failure_lines(report)),
+        ("Not observable:", unobservable_lines(report)),
+    ):
+        if lines:
+            console.print(heading, soft_wrap=True)
+            for line in lines:
+                console.print(line, soft_wrap=True, markup=False, highlight=False)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

@@ -22,6 +22,12 @@ From molecule's testinfra verifier, a test file only needs::
 with ``KMODLAB_VERIFY_EXPECTATIONS`` (and optionally ``KMODLAB_VERIFY_REPORT_DIR``) in
 the verifier's env, or a module variable ``kmodlab_expectations = "DIR"``.
 
+What each module is checked for is computed twice: by each test's own selection rule
+(``check(...)``: kind, states, ``applies``) and, from the manifest alone, by
+``expected_checks``. A check one of them wants and the other does not still becomes a
+test, which fails saying so: a selection rule that goes wrong can never make a check
+vanish from a passing run.
+
 Hosts come from testinfra's options (``--hosts``, ``--connection``,
 ``--ansible-inventory``, ``--sudo``...), as for any testinfra test; the checks run as
 root (directly, under ``--sudo``, or through passwordless ``sudo -n``).
@@ -29,12 +35,14 @@ root (directly, under ``--sudo``, or through passwordless ``sudo -n``).
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import testinfra
@@ -51,6 +59,7 @@ __all__ = [
     "test_dev_nodes",
     "test_dkms_built",
     "test_dkms_installed",
+    "test_dkms_removed",
     "test_dmesg_load",
     "test_functional",
     "test_host",
@@ -77,6 +86,10 @@ _TESTINFRA_OPTIONS = (
     "force_ansible",
 )
 _OBSERVED: dict[tuple[str, str], Observation | str] = {}
+# (test, case id) -> why the test runs for a case it should not, or should but was not
+# selected for; set while generating the tests, raised when the test runs.
+_MISMATCH: dict[tuple[str, str], str] = {}
+_RUNNING: contextvars.ContextVar[str] = contextvars.ContextVar("kmodlab_test", default="test")
 
 
 def check(
@@ -88,15 +101,56 @@ def check(
     """Mark a test with its report stage and the cases it applies to."""
 
     def mark(func: Callable[..., None]) -> Callable[..., None]:
-        func.kmodlab_check = {  # type: ignore[attr-defined]
+        @functools.wraps(func)
+        def run(kmodlab_case: Case) -> None:
+            token = _RUNNING.set(func.__name__)
+            try:
+                mismatch = _MISMATCH.get((func.__name__, kmodlab_case.id))
+                if mismatch is not None:
+                    _fail(kmodlab_case, mismatch)
+                func(kmodlab_case)
+            finally:
+                _RUNNING.reset(token)
+
+        run.kmodlab_check = {  # type: ignore[attr-defined]
             "stage": stage,
             "kind": kind,
             "states": states,
             "applies": applies,
         }
-        return func
+        return run
 
     return mark
+
+
+def expected_checks(record: dict[str, Any]) -> list[str]:
+    """The tests a module's record calls for, from its state and manifest alone (not
+    from the tests' selection rules); a functional check is ``test_functional[NAME]``.
+
+    absent: DKMS removed it, not loaded, no config files. config: built, installed,
+    its files. present: all that, loaded, modinfo, and one test per expect key in use
+    (parameters wanted, parameters declared, proc_devices, dev_nodes, sysfs, procfs,
+    dmesg load messages), one per functional check.
+    """
+    if record["state"] == "absent":
+        return ["test_dkms_removed", "test_not_loaded", "test_persistence"]
+    tests = ["test_dkms_built", "test_dkms_installed", "test_module_file", "test_persistence"]
+    if record["state"] != "present":
+        return tests
+    manifest = record["manifest"]
+    expect = manifest.get("expect") or {}
+    tests += ["test_loaded", "test_modinfo"]
+    if record["params"]:
+        tests.append("test_params")
+    if manifest.get("parameters"):
+        tests.append("test_param_files")
+    tests += [
+        f"test_{key}" for key in ("proc_devices", "dev_nodes", "sysfs", "procfs") if expect.get(key)
+    ]
+    if (expect.get("dmesg") or {}).get("load"):
+        tests.append("test_dmesg_load")
+    tests += [f"test_functional[{f['name']}]" for f in expect.get("functional") or []]
+    return tests
 
 
 def _expect(record: dict[str, Any], key: str) -> Any:
@@ -154,20 +208,81 @@ def _applies(spec: dict[str, Any], case: Case) -> bool:
     return spec["applies"] is None or bool(spec["applies"](record))
 
 
+def _wanted(test: str, case: Case) -> bool:
+    """Whether ``expected_checks`` (or, for a host, test_host) calls for ``test`` here."""
+    if case.record is None:
+        return case.kind == "host" and test == "test_host"
+    functional = case.functional
+    key = f"{test}[{functional['name']}]" if functional is not None else test
+    return key in expected_checks(case.record)
+
+
+def _with_functional(cases: list[Case]) -> list[tuple[Case, bool]]:
+    """(case, built by build_cases): the cases, and a functional case for every
+    functional check of a module case that build_cases did not make one for."""
+    out = [(case, True) for case in cases]
+    built = {case.id for case in cases}
+    for case in cases:
+        if case.kind != "module" or case.record is None:
+            continue
+        for index, _ in enumerate(
+            case.record["manifest"].get("expect", {}).get("functional") or []
+        ):
+            extra = Case(
+                kind="functional",
+                host_name=case.host_name,
+                host=case.host,
+                expectation=case.expectation,
+                record=case.record,
+                functional_index=index,
+            )
+            if extra.id not in built and _wanted("test_functional", extra):
+                out.append((extra, False))
+    return out
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     spec = getattr(metafunc.function, "kmodlab_check", None)
     if spec is None or "kmodlab_case" not in metafunc.fixturenames:
         return
-    selected = [c for c in _cases(metafunc.config, metafunc.module) if _applies(spec, c)]
-    metafunc.parametrize("kmodlab_case", selected, ids=[c.id for c in selected])
+    test = metafunc.function.__name__
+    params = []
+    for case, built in _with_functional(_cases(metafunc.config, metafunc.module)):
+        selected, wanted = built and _applies(spec, case), _wanted(test, case)
+        _MISMATCH.pop((test, case.id), None)
+        if not (selected or wanted):
+            continue
+        if not built:
+            _MISMATCH[(test, case.id)] = (
+                "the manifest calls for this functional check, but no test case was built for it"
+            )
+        elif not selected:
+            _MISMATCH[(test, case.id)] = (
+                f"the manifest calls for {test} "
+                f"(state {case.record['state'] if case.record else 'host'}), "
+                "but the test's selection rule left it out"
+            )
+        elif not wanted:
+            calls = expected_checks(case.record) if case.record else ["test_host"]
+            _MISMATCH[(test, case.id)] = (
+                f"{test} was selected, but the manifest does not call for it "
+                f"(it calls for: {', '.join(calls)})"
+            )
+        params.append(case)
+    metafunc.parametrize("kmodlab_case", params, ids=[c.id for c in params])
 
 
 # ------------------------------------------------------------------ helpers
 
 
+def _fail(case: Case, text: str) -> NoReturn:
+    """Fail naming host, module and check: ``HOST/MODULE test_NAME: text``."""
+    pytest.fail(f"{case.id} {_RUNNING.get()}: {text}", pytrace=False)
+
+
 def _observation(case: Case) -> Observation:
     if case.error is not None or case.expectation is None:
-        pytest.fail(case.error or "no expectation", pytrace=False)
+        _fail(case, case.error or "no expectation")
     key = (case.host_name, str(case.expectation.path))
     if key not in _OBSERVED:
         try:
@@ -176,14 +291,21 @@ def _observation(case: Case) -> Observation:
             _OBSERVED[key] = f"cannot observe {case.host_name}: {type(exc).__name__}: {exc}"
     value = _OBSERVED[key]
     if isinstance(value, str):
-        pytest.fail(value, pytrace=False)
+        _fail(case, value)
     return value
 
 
 def _verdict(case: Case, problems: list[str], obs: Observation) -> None:
+    """Pass, fail, or (every problem starting with ``checks.NOT_OBSERVABLE``) report the
+    check as not observable: a pytest skip whose reason starts with that prefix."""
     if not problems:
         return
-    text = f"{case.id}:\n  - " + "\n  - ".join(problems)
+    prefix = checks.NOT_OBSERVABLE
+    if all(p.startswith(prefix) for p in problems):
+        pytest.skip(
+            f"{prefix}{case.id} {_RUNNING.get()}: " + "; ".join(p[len(prefix) :] for p in problems)
+        )
+    text = f"{case.id} {_RUNNING.get()}:\n  - " + "\n  - ".join(problems)
     if case.record is not None:
         lines = checks.kernel_context(case.record, obs)
         text += (
@@ -231,8 +353,14 @@ def test_module_file(kmodlab_case: Case) -> None:
 
 @check("loaded")
 def test_loaded(kmodlab_case: Case) -> None:
-    """/sys/module/KMOD is live, and is the installed build (srcversion)."""
+    """/sys/module/KMOD is live, and is the installed build (srcversion, else build ID)."""
     _module(kmodlab_case, checks.loaded)
+
+
+@check("installed", states=("absent",))
+def test_dkms_removed(kmodlab_case: Case) -> None:
+    """DKMS removed an absent module: no DKMS entry or folder, no installed .ko, no sources."""
+    _module(kmodlab_case, checks.dkms_removed)
 
 
 @check("loaded", states=("absent",))
@@ -241,9 +369,9 @@ def test_not_loaded(kmodlab_case: Case) -> None:
     _module(kmodlab_case, checks.not_loaded)
 
 
-@check("params", applies=lambda r: bool(checks.checked_params(r)))
+@check("params", applies=lambda r: bool(r["params"]))
 def test_params(kmodlab_case: Case) -> None:
-    """Every visible wanted parameter has its wanted value in sysfs."""
+    """Every wanted parameter has its wanted value in sysfs (perm 0: not observable)."""
     _module(kmodlab_case, checks.params)
 
 
@@ -285,7 +413,7 @@ def test_procfs(kmodlab_case: Case) -> None:
 
 @check("verified", applies=lambda r: bool((_expect(r, "dmesg") or {}).get("load")))
 def test_dmesg_load(kmodlab_case: Case) -> None:
-    """The load messages of the manifest appear since the module's last unload message."""
+    """The manifest's load messages, in order, from the module's current load on."""
     _module(kmodlab_case, checks.dmesg_load)
 
 

@@ -1,10 +1,12 @@
 """Run the kmod_load role against a pretend kernel in a private mount namespace.
 
-/sys/module, /proc/devices, /dev/kmsg, /etc/modprobe.d and /etc/modules-load.d are
+/sys/module, /proc/devices, /dev, /etc/modprobe.d and /etc/modules-load.d are
 bind-mounted from a tmp dir (``unshare -m``), so the role, its probe module and
 ``rmmod``/``modinfo`` (stand-ins on PATH) see a kernel that loads and refuses modules
-like a real one. ``community.general.modprobe`` is replaced by a stand-in with the same
-interface through a stub collection that also carries the real ``lists_mergeby``.
+like a real one. The pretend /dev has the few nodes Ansible needs, /dev/kmsg as a
+file, and the nodes the pretend kernel creates for its modules (like devtmpfs).
+``community.general.modprobe`` is replaced by a stand-in with the same interface
+through a stub collection that also carries the real ``lists_mergeby``.
 Needs root and ``unshare``; the tests skip otherwise.
 """
 
@@ -51,19 +53,24 @@ def _spec_from_manifests() -> dict[str, Any]:
                 p["name"]: {
                     "type": p["type"],
                     "array": p.get("array", False),
+                    "counted": p.get("counted", True),
                     "perm": p.get("perm", "0000"),
                     "default": p["default"],
                 }
                 for p in m.get("parameters", [])
             },
             "devices": m.get("expect", {}).get("proc_devices", []),
+            "nodes": m.get("expect", {}).get("dev_nodes", []),
             "depends": [d.replace("-", "_") for d in m.get("depends", [])],
             "srcversion": "SRC1",
             "installed_srcversion": "SRC1",
             "load_lines": [],
             "unload_lines": [],
         }
-    mods["hello_5"]["load_lines"] = ["hello_5: hello, world; myint={myint}"]
+    mods["hello_5"]["load_lines"] = [
+        "hello_5: hello, world; myint={myint}",
+        "hello_5: myshort={myshort}",
+    ]
     mods["hello_5"]["unload_lines"] = ["hello_5: goodbye, world"]
     mods["memory"]["load_lines"] = ["memory: registered on major {major}"]
     mods["memory"]["unload_lines"] = ["memory: unregistered major 60"]
@@ -74,13 +81,38 @@ def _spec_from_manifests() -> dict[str, Any]:
     return {"modules": mods}
 
 
+# Character devices Ansible and Python need in /dev (name, major, minor).
+_DEV_NODES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+    ("ptmx", 5, 2),  # opens a pty of the devpts mounted at pts/ beside it
+)
+
+
+def _make_dev(dev: Path) -> None:
+    dev.mkdir(parents=True)
+    for name, major, minor in _DEV_NODES:
+        os.mknod(dev / name, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(dev / name, 0o666)
+    for name in ("pts", "shm"):
+        (dev / name).mkdir()
+    os.symlink("/proc/self/fd", dev / "fd")
+    for number, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{number}", dev / name)
+
+
 class Sim:
     """One pretend host. ``run()`` plays the kmod_load role on it."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.sys = tmp / "sys_module"
-        self.kmsg = tmp / "kmsg"
+        self.dev = tmp / "dev"
+        self.kmsg = self.dev / "kmsg"
         self.devices = tmp / "devices"
         self.modprobe_d = tmp / "modprobe.d"
         self.modules_load_d = tmp / "modules-load.d"
@@ -89,6 +121,7 @@ class Sim:
         self.collections = tmp / "collections"
         for d in (self.sys, self.modprobe_d, self.modules_load_d, self.bin):
             d.mkdir(parents=True)
+        _make_dev(self.dev)
         self.kmsg.write_text("6,1,1000,-;Linux version sim\n")
         self.devices.write_text("Character devices:\n  1 mem\n  4 tty\n\nBlock devices:\n  8 sd\n")
         self.spec = _spec_from_manifests()
@@ -119,6 +152,22 @@ class Sim:
 
     def save_spec(self) -> None:
         self.spec_path.write_text(json.dumps(self.spec))
+
+    def mount_script(self) -> str:
+        """Shell lines that put the pretend host in place (in a private namespace)."""
+        mounts = [
+            (self.sys, "/sys/module"),
+            (self.devices, "/proc/devices"),
+            (self.modprobe_d, "/etc/modprobe.d"),
+            (self.modules_load_d, "/etc/modules-load.d"),
+            ("/dev/pts", self.dev / "pts"),
+            ("/dev/shm", self.dev / "shm"),
+        ]
+        script = "set -e\n"
+        for src, dst in mounts:
+            script += f"mount --bind {src} {dst}\n"
+        script += f"mount --rbind {self.dev} /dev\n"
+        return script
 
     # ------------------------------------------------------------------ running
 
@@ -152,17 +201,7 @@ class Sim:
             argv.append("--check")
         if tags:
             argv += ["--tags", tags]
-        mounts = [
-            (self.sys, "/sys/module"),
-            (self.devices, "/proc/devices"),
-            (self.kmsg, "/dev/kmsg"),
-            (self.modprobe_d, "/etc/modprobe.d"),
-            (self.modules_load_d, "/etc/modules-load.d"),
-        ]
-        script = "set -e\n"
-        for src, dst in mounts:
-            script += f"mount --bind {src} {dst}\n"
-        script += 'exec "$@"\n'
+        script = self.mount_script() + 'exec "$@"\n'
         env = dict(os.environ)
         env.update(
             {
@@ -204,23 +243,25 @@ class Sim:
 
     def insmod_by_hand(self, kmod: str, *args: str) -> None:
         """Load a module outside the role (like a user running modprobe)."""
+        self.kernel_by_hand("load", kmod, *args)
+
+    def rmmod_by_hand(self, kmod: str) -> None:
+        """Unload a module outside the role (like a user running rmmod)."""
+        self.kernel_by_hand("unload", kmod)
+
+    def kernel_by_hand(self, command: str, kmod: str, *args: str) -> None:
         env = dict(os.environ, KMODLAB_SIM_SPEC=str(self.spec_path))
-        script = (
-            f"mount --bind {self.sys} /sys/module && mount --bind {self.devices} /proc/devices"
-            f" && mount --bind {self.kmsg} /dev/kmsg && mount --bind {self.modprobe_d} "
-            f'/etc/modprobe.d && exec "$@"'
-        )
         subprocess.run(
             [
                 "unshare",
                 "-m",
                 "sh",
                 "-c",
-                script,
+                self.mount_script() + 'exec "$@"\n',
                 "sh",
                 sys.executable,
                 str(HERE / "simkernel.py"),
-                "load",
+                command,
                 kmod,
                 *args,
             ],

@@ -2,7 +2,10 @@
 """A pretend kernel for the kmod_load simulation tests: loads and unloads modules.
 
 It works on the files the real kernel shows, which the test bind-mounts in a private
-mount namespace: /sys/module (a tmp dir), /proc/devices and /dev/kmsg (tmp files).
+mount namespace: /sys/module and /dev (tmp dirs), /proc/devices and /dev/kmsg (tmp
+files). Like devtmpfs, it creates a module's /dev nodes when it loads, unless
+something already stands at the path, and removes them when it unloads, if they are
+still its own (a node of the same device number).
 The modules it knows, with their parameters and messages, are in the JSON file named
 by KMODLAB_SIM_SPEC. Commands:
 
@@ -12,15 +15,19 @@ by KMODLAB_SIM_SPEC. Commands:
 
 Messages and exit codes follow kmod and kernel/params.c closely enough for the role
 to be tested: "`hello' invalid for parameter `mylong'", "unknown parameter 'x'
-ignored", "could not insert 'KMOD': Invalid argument", "Module KMOD is in use".
+ignored", "could not insert 'KMOD': Invalid argument", "Module KMOD is in use". A
+module whose spec has ``init_error`` ({"errno": "EEXIST", "lines": [[level, text]]})
+fails its init after printing those lines, as a real one that hits a kernel warning.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import shutil
+import stat
 import sys
 
 SYS = "/sys/module"
@@ -33,11 +40,11 @@ def spec() -> dict:
         return json.load(handle)
 
 
-def kmsg(message: str) -> None:
+def kmsg(message: str, level: int = 6) -> None:
     with open(KMSG) as handle:
         seq = sum(1 for line in handle if not line.startswith(" "))
     with open(KMSG, "a") as handle:
-        handle.write(f"6,{seq + 1},{(seq + 1) * 1000},-;{message}\n")
+        handle.write(f"{level},{seq + 1},{(seq + 1) * 1000},-;{message}\n")
 
 
 def split_args(text: str) -> list[str]:
@@ -82,6 +89,15 @@ def parse_scalar(ptype: str, text: str):
     return str(int(text, 0))
 
 
+def scalar_text(value) -> str:
+    """A spec default (JSON) or a parsed value as the kernel would be given it."""
+    if value is True:
+        return "Y"
+    if value is False:
+        return "N"
+    return str(value)
+
+
 def devices() -> list[str]:
     with open(DEVICES) as handle:
         return handle.read().splitlines()
@@ -114,6 +130,17 @@ def add_device(kind: str, major: int, name: str) -> None:
     write_devices(lines)
 
 
+def registered_majors(mod: dict) -> dict[str, int]:
+    """{device name: major} of the module's devices in /proc/devices."""
+    names = {d["name"] for d in mod.get("devices", [])}
+    out = {}
+    for line in devices():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] in names:
+            out[parts[1]] = int(parts[0])
+    return out
+
+
 def remove_devices(names: set[str]) -> None:
     write_devices(
         [
@@ -122,6 +149,32 @@ def remove_devices(names: set[str]) -> None:
             if not (line.strip() and line.split(None, 1)[-1] in names and line.strip()[0].isdigit())
         ]
     )
+
+
+def create_nodes(mod: dict, majors: dict[str, int]) -> None:
+    """devtmpfs: a node per dev node of the module, unless the path is taken."""
+    for node in mod.get("nodes", []):
+        path = node["path"]
+        if os.path.lexists(path) or node["device"] not in majors:
+            continue
+        kind = stat.S_IFBLK if node.get("type") == "block" else stat.S_IFCHR
+        mode = int(node.get("mode") or "0600", 8)
+        os.mknod(path, kind | mode, os.makedev(majors[node["device"]], node.get("minor", 0)))
+        os.chmod(path, mode)
+
+
+def remove_nodes(mod: dict, majors: dict[str, int]) -> None:
+    """devtmpfs: remove the module's nodes that are still its own."""
+    for node in mod.get("nodes", []):
+        path = node["path"]
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        kind = stat.S_ISBLK if node.get("type") == "block" else stat.S_ISCHR
+        own = os.makedev(majors.get(node["device"], -1), node.get("minor", 0))
+        if kind(st.st_mode) and st.st_rdev == own:
+            os.unlink(path)
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -175,10 +228,17 @@ def load(kmod: str, args: list[str], auto: bool = False) -> int:
             kmsg(f"{kmod}: cannot register major {major}: -16")
             return fail(f"modprobe: ERROR: could not insert '{kmod}': Device or resource busy")
         registered.append((dev.get("kind", "char"), major, dev["name"]))
+    if mod.get("init_error"):
+        error = mod["init_error"]
+        for level, line in error.get("lines", []):
+            kmsg(line, level)
+        code = getattr(errno, error.get("errno", "EINVAL"))
+        return fail(f"modprobe: ERROR: could not insert '{kmod}': {os.strerror(code)}")
     os.makedirs(os.path.join(base, "holders"))
     os.makedirs(os.path.join(base, "parameters"))
     for kind, major, name in registered:
         add_device(kind, major, name)
+    create_nodes(mod, {name: major for _, major, name in registered})
     with open(os.path.join(base, "initstate"), "w") as handle:
         handle.write("live\n")
     with open(os.path.join(base, "refcnt"), "w") as handle:
@@ -190,8 +250,11 @@ def load(kmod: str, args: list[str], auto: bool = False) -> int:
         if int(p["perm"], 8) == 0:
             continue
         value = values[name]
+        if p.get("array") and p.get("counted", True) is False:
+            # no count variable: all elements, the ones not given as initialised
+            value = list(value) + list(p["default"])[len(value) :]
         if p.get("array"):
-            text = ",".join(parse_scalar(p["type"], str(v)) for v in value)
+            text = ",".join(parse_scalar(p["type"], scalar_text(v)) for v in value)
         elif p["type"] in ("bool", "invbool"):
             text = parse_scalar(p["type"], {True: "Y", False: "N"}.get(value, str(value)))
         else:
@@ -224,6 +287,7 @@ def unload(kmod: str) -> int:
             return fail(f"rmmod: ERROR: Module {kmod} is in use")
     mod = mods.get(kmod, {})
     shutil.rmtree(base)
+    remove_nodes(mod, registered_majors(mod))
     remove_devices({d["name"] for d in mod.get("devices", [])})
     for dep in mod.get("depends", []):
         dep_base = os.path.join(SYS, dep)

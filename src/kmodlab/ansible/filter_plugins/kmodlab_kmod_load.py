@@ -71,9 +71,12 @@ def kmod_load_problems(entry):
             f"in /sys/module/{entry.get('kmod')}/parameters (the module does not have it?)"
         )
     for mismatch in entry.get("mismatches") or []:
+        seen = ""
+        if mismatch.get("source") == "kernel log":
+            seen = f" by the module's message {mismatch.get('line')!r}"
         problems.append(
-            f"{name}: parameter {mismatch['param']} is {mismatch['live']!r} after loading, "
-            f"wanted {mismatch['wanted']!r}"
+            f"{name}: parameter {mismatch['param']} is {mismatch['live']!r} after loading"
+            f"{seen}, wanted {mismatch['wanted']!r}"
         )
     return problems
 
@@ -83,9 +86,15 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
 
     record:      the resolved record
     failed:      ansible_failed_result of the task that failed (modprobe or the check)
-    probe_entry: the probe entry read after the failure (kernel_log, param_errors)
+    probe_entry: the probe entry read after the failure (kernel_explain, kernel_log,
+                 param_errors)
     restored:    whether loading the previous configuration again succeeded
     previous:    the probe entry from before (previous.loaded, previous.params)
+
+    It quotes modprobe's own error (``could not insert 'memory': Device or resource
+    busy``) and the kernel's lines that explain it (the probe's ``kernel_explain``:
+    the module's lines and the warnings and errors around the failure, never the
+    frames of a call trace).
     """
     name = record.get("name")
     probe_entry = probe_entry or {}
@@ -93,25 +102,31 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
     wanted = {}
     lib = _lib()
     try:
-        wanted = lib.normalise(lib.declarations(record), record.get("params"))
+        wanted = lib.normalise_args(lib.declarations(record), record.get("params"))
     except lib.ParamError:
         wanted = dict(record.get("params") or {})
-    parts = []
     errors = probe_entry.get("param_errors") or []
     if errors:
-        for err in errors:
-            value = wanted.get(err["param"], err.get("value"))
-            parts.append(
-                f"{name}: the kernel refused parameter {err['param']}={value}: {err['message']}"
-            )
+        head = "; ".join(
+            f"{name}: the kernel refused parameter {err['param']}="
+            f"{wanted.get(err['param'], err.get('value'))}: {err['message']}"
+            for err in errors
+        )
     else:
-        parts.append(f"{name}: loading with {_show(wanted)} failed")
+        head = f"{name}: loading with {_show(wanted)} failed"
+    said = lib.modprobe_error(f"{failed.get('stderr') or ''}\n{failed.get('msg') or ''}")
     detail = str(failed.get("msg") or failed.get("stderr") or "").strip()
-    if detail:
-        parts.append(f"({detail})")
-    log = probe_entry.get("kernel_log") or []
-    if log and not errors:
-        parts.append("kernel said: " + " | ".join(log[-5:]))
+    if said:
+        head += f"; modprobe said {said!r}"
+    elif detail:
+        head += f" ({detail})"
+    if "kernel_explain" in probe_entry:
+        lines = list(probe_entry.get("kernel_explain") or [])
+    else:
+        lines = [ln for ln in probe_entry.get("kernel_log") or [] if not lib.trace_line(ln)]
+    if lines and not errors:
+        head += "; the kernel said: " + " | ".join(lines[-6:])
+    parts = [head + ("" if head.endswith(".") else ".")]
     previous = previous or {}
     before = (previous.get("previous") or {}) if isinstance(previous, dict) else {}
     if before.get("loaded"):

@@ -13,17 +13,24 @@ description:
     the files that configure it, the record of the last successful load in the local
     fact, and the installed module's C(srcversion).
   - Normalises the wanted parameters to what the kernel shows (bool C(Y)/C(N), arrays
-    C(1,2,3), integers in decimal, charp as the string) and lists the mismatches.
+    C(1,2,3), a fixed-size array with all its elements, integers in decimal, charp as
+    the string) and lists the mismatches.
+  - Reads the value of a parameter that sysfs cannot show from the module's own kernel
+    message since its last load, when the manifest gives a C(log) regex for it.
+  - Reads the C(/dev) nodes of the manifest (C(expect.dev_nodes)) of loaded modules.
   - Plans what to do with each module (C(load), C(reload), C(unload) or C(none)),
     with the reasons, and the order to unload and load in. A module is reloaded only
-    when a live value differs, when a parameter that sysfs cannot show changed since
-    the last load, or when the installed module changed. Modules that use a reloaded
-    module are reloaded with it.
+    when a live value differs (in sysfs, or in its own message for a parameter sysfs
+    cannot show), when a parameter that cannot be read back changed since the last
+    load, when the installed module changed, or when a C(/dev) node of it is missing
+    or has another type, device number or mode. Modules that use a reloaded module
+    are reloaded with it.
   - Reports fixed major numbers that another driver holds in C(/proc/devices), and
     unloads that cannot happen because the module is in use.
   - With O(kernel_log_since), also returns the kernel's messages about each module
-    since that point, the parameters the kernel refused or ignored, and the load and
-    unload message patterns of the manifest that did not appear.
+    since that point, the lines among them that explain a refused load (without call
+    traces and register dumps), the parameters the kernel refused or ignored, and the
+    load and unload message patterns of the manifest that did not appear.
   - Never changes anything (C(changed) is always false).
   - Runs on the target; needs root to read C(/dev/kmsg) and parameters of mode 0600.
 author:
@@ -97,9 +104,23 @@ modules:
     live: {description: Visible declared parameters as sysfs shows them., type: dict}
     wanted: {description: Wanted parameters normalised to sysfs text., type: dict}
     mismatches:
-      description: Visible wanted parameters whose live value differs (loaded only).
+      description: Wanted parameters whose live value differs (loaded only) - param,
+        wanted, live; C(source) is C(kernel log) for a parameter sysfs does not show,
+        read from the module's message.
       type: list
       elements: dict
+    logged:
+      description: Parameters sysfs does not show whose value the module printed since
+        its last load (manifest C(log)) - text (as sysfs would show it) and line.
+      type: dict
+    dev_nodes:
+      description: Per C(expect.dev_nodes) path of a loaded module - exists, type, mode,
+        major, minor.
+      type: dict
+    dev_nodes_foreign:
+      description: Node paths where something else stands (another type or device
+        number); loading the module again does not replace it, so it is removed first.
+      type: list
     missing: {description: Visible declared parameters without a sysfs file., type: list}
     unreadable: {description: Parameter files that could not be read., type: list}
     params_args: {description: Wanted parameters as a shell-quoted modprobe string., type: str}
@@ -118,6 +139,12 @@ modules:
     installed: {description: srcversion and version of the installed module file., type: dict}
     kernel_log:
       description: Kernel messages naming the module since O(kernel_log_since) (last 20).
+      returned: when O(kernel_log_since) is set
+      type: list
+    kernel_explain:
+      description: The kernel lines since O(kernel_log_since) that explain a refused
+        load - the module's own lines and the warnings and errors around its failure,
+        without stack frames and register dumps (last 6).
       returned: when O(kernel_log_since) is set
       type: list
     param_errors:
@@ -176,7 +203,12 @@ from ansible.module_utils.kmodlab_kmod import (
     args_from_texts,
     args_string,
     declarations,
+    dev_node_problems,
+    dev_node_state,
+    dev_nodes,
+    failure_lines,
     host_path,
+    logged_params,
     major_params,
     mention_regex,
     missing_patterns,
@@ -236,8 +268,8 @@ def _installed(module, root, kmods):
 
 
 def _kernel_log(module, root):
-    """(records [(seq|None, message)], source)."""
-    records = read_kmsg(host_path(root, "/dev/kmsg"))
+    """(records [(seq|None, level|None, message)], source)."""
+    records = read_kmsg(host_path(root, "/dev/kmsg"), levels=True)
     if records is not None:
         return records, "kmsg"
     if root != "/":
@@ -248,7 +280,7 @@ def _kernel_log(module, root):
     rc, out, _ = module.run_command([dmesg, "--notime"])
     if rc != 0:
         return [], "none"
-    return [(None, line) for line in out.splitlines()], "dmesg"
+    return [(None, None, line) for line in out.splitlines()], "dmesg"
 
 
 def _fact(root, path):
@@ -325,6 +357,15 @@ def run(module):
     installed = {rec["name"]: by_kmod[rec["kmod"]] for rec in records if rec["kmod"] in by_kmod}
 
     proc_devices = parse_proc_devices(read_text(host_path(root, "/proc/devices")))
+    log, source = _kernel_log(module, root)
+    messages = [msg for _, _, msg in log]
+    for rec in records:
+        st = states[rec["name"]]
+        st["logged"] = logged_params(rec, messages) if st["loaded"] else {}
+        st["dev_nodes"] = {}
+        if st["loaded"]:
+            for node in dev_nodes(rec):
+                st["dev_nodes"][node["path"]] = dev_node_state(root, node["path"])
     options_changed = {
         name: {
             "options_changed": any(
@@ -335,13 +376,13 @@ def run(module):
     }
     decision = plan(records, states, recorded_all, options_changed, installed, proc_devices)
 
-    log, source = _kernel_log(module, root)
-    seqs = [seq for seq, _ in log if seq is not None]
+    seqs = [seq for seq, _, _ in log if seq is not None]
     cursor = seqs[-1] if seqs else None
     since = params["kernel_log_since"]
-    recent = []
+    recent_records = []
     if since is not None:
-        recent = [msg for seq, msg in log if seq is None or seq > since]
+        recent_records = [(level, msg) for seq, level, msg in log if seq is None or seq > since]
+    recent = [msg for _, msg in recent_records]
 
     out = []
     for rec in records:
@@ -357,6 +398,18 @@ def run(module):
                 live = st["live"].get(pname)
                 if live is not None and live != text:
                     mismatches.append({"param": pname, "wanted": text, "live": live})
+            for pname, text in wanted[name].items():
+                logged = st["logged"].get(pname)
+                if not visible(decls[pname]) and logged and logged["text"] != text:
+                    mismatches.append(
+                        {
+                            "param": pname,
+                            "wanted": text,
+                            "live": logged["text"],
+                            "source": "kernel log",
+                            "line": logged["line"],
+                        }
+                    )
         recorded = recorded_all.get(name)
         before = previous_params(rec, st, recorded)
         item = {
@@ -384,12 +437,20 @@ def run(module):
             "files": files[name],
             "files_changed": [p for p, f in files[name].items() if f["changed"]],
             "installed": installed.get(name, {}),
+            "logged": st["logged"],
+            "dev_nodes": st["dev_nodes"],
+            "dev_nodes_foreign": [
+                path
+                for path, _, foreign in dev_node_problems(rec, st["dev_nodes"], proc_devices)
+                if foreign
+            ],
         }
         if since is not None:
             regex = mention_regex(rec)
             mentioning = [line for line in recent if regex.search(line)]
             dmesg = ((rec.get("manifest") or {}).get("expect") or {}).get("dmesg") or {}
             item["kernel_log"] = mentioning[-KERNEL_LOG_LINES:]
+            item["kernel_explain"] = failure_lines(recent_records, regex, dmesg.get("unload"))
             item["param_errors"] = param_errors(mentioning)
             item["messages_missing"] = {
                 "load": missing_patterns(dmesg.get("load"), recent),

@@ -9,11 +9,15 @@ The functions take the records the ``kmodlab_modules`` lookup resolves (``name``
 ``kmod``, ``state``, ``params``, ``persist``, ``manifest``) and work in the kernel's own
 terms:
 
-- what ``/sys/module/KMOD/parameters/P`` shows for a value (``sysfs_value``),
+- what ``/sys/module/KMOD/parameters/P`` shows for a value (``sysfs_value``; a
+  fixed-size array, ``counted: false``, shows all its elements),
 - the ``P=V`` arguments ``modprobe`` passes on (``param_tokens``) and the ``options``
   line of ``/etc/modprobe.d`` (``options_string``),
-- the live state of a module under ``/sys/module`` (``module_state``),
-- ``/proc/devices`` and the kernel log (``/dev/kmsg``),
+- the live state of a module under ``/sys/module`` (``module_state``) and of its
+  ``/dev`` nodes (``dev_node_state``),
+- ``/proc/devices`` and the kernel log (``/dev/kmsg``): the value a module printed for
+  a parameter sysfs does not show (``logged_value``), the lines that explain a refused
+  load (``failure_lines``),
 - what to do about each module (``plan``): load, reload, unload, or nothing.
 """
 
@@ -23,11 +27,42 @@ import errno
 import os
 import re
 import shlex
+import stat
 
 INT_TYPES = ("byte", "short", "ushort", "int", "uint", "long", "ulong")
 BOOL_TYPES = ("bool", "invbool")
 CHARP = "charp"
 _KMSG_RECORD = re.compile(r"^(\d+),(\d+),(-?\d+),[^;]*;(.*)$")
+# Kernel log lines that are part of a stack dump, an oops or a WARN splat: where the
+# kernel was, not why it failed (lib/dump_stack.c, arch/x86/kernel/dumpstack.c,
+# kernel/panic.c).
+TRACE_PATTERNS = (
+    # a stack frame: " func+0x6a/0x1000 [mod]", " ? func.cold+0x17/0x24", " ? 0xffffffffc0a4c000"
+    re.compile(r"^\s*(?:\?\s+)?[\w.$]+\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[[\w-]+(?:\s+\w+)?\])?\s*$"),
+    re.compile(r"^\s*\?\s+(?:0x)?[0-9a-f]+\s*$"),
+    re.compile(r"^\s*</?(?:TASK|IRQ|NMI|SOFTIRQ|EOE|EOI)>\s*$"),
+    re.compile(r"^\s*Call Trace:"),
+    re.compile(r"^\s*CPU: \d+ PID: \d+"),
+    re.compile(r"^\s*(?:WARNING|BUG): CPU: \d+ PID: \d+"),
+    re.compile(r"^\s*Hardware name: "),
+    re.compile(r"^\s*Modules linked in:"),
+    re.compile(r"^\s*Workqueue: "),
+    re.compile(r"^\s*Code: "),
+    re.compile(
+        r"^\s*(?:RIP|EIP|ORIG_RAX|EFLAGS|PKRU|[RE][A-Z]{2}|R\d{1,2}|[CDEFGS]S|CR\d|DR\d):\s*[0-9a-f]{2,}"
+    ),
+    re.compile(r"^\s*(?:pc|lr|sp|x\d{1,2}) ?: [0-9a-f]{8,}"),
+    re.compile(r"^\s*#PF: "),
+    re.compile(r"^\s*(?:PGD|P4D|PUD|PMD|PTE) [0-9a-f]+"),
+    re.compile(r"^\s*-+\[ (?:cut here|end trace [0-9a-f]*) \]-+\s*$"),
+)
+# Without kmsg levels (the dmesg fallback), what a warning or an error says.
+_TROUBLE = re.compile(
+    r"(?i)\b(?:fail(?:s|ed|ure)?|errors?|cannot|can't|unable|invalid|refus\w*|denied|"
+    r"busy|duplicate|exists?|not found|no such|warning|bug|oops|-E[A-Z]+)\b"
+)
+# The level of a kmsg record at or below which it is a warning or worse (KERN_WARNING).
+_WARNING = 4
 # What the kernel prints when it refuses or ignores a parameter (kernel/params.c,
 # kernel/module/main.c). Group "param" names the parameter, "value" the value given.
 PARAM_ERROR_PATTERNS = (
@@ -113,11 +148,16 @@ def _to_int(value):
     return int(value)
 
 
-def sysfs_value(decl, value):
-    """The text /sys/module/KMOD/parameters/NAME shows for ``value`` (without newline).
+def fixed_size(decl):
+    """Whether ``decl`` is an array without a count variable (manifest ``counted: false``)."""
+    return bool(decl.get("array")) and decl.get("counted", True) is False
+
+
+def arg_value(decl, value):
+    """The text of ``value`` as modprobe passes it on (``name=TEXT``), without padding.
 
     bool/invbool -> Y or N, integers -> decimal, charp -> the string, arrays -> the
-    elements joined by commas (what the kernel's param_array_get prints).
+    given elements joined by commas.
     """
     if decl.get("array"):
         if not isinstance(value, (list, tuple)):
@@ -126,6 +166,21 @@ def sysfs_value(decl, value):
     if isinstance(value, (list, tuple)):
         raise ParamError("parameter %s: takes a single value, not a list" % decl.get("name"))
     return _scalar(decl, value)
+
+
+def sysfs_value(decl, value):
+    """The text /sys/module/KMOD/parameters/NAME shows for ``value`` (without newline).
+
+    As ``arg_value``, except for a fixed-size array (no count variable): the kernel's
+    param_array_get then prints all ``max_count`` elements, the given ones first and
+    the rest as the array was initialised (the manifest's ``default``), e.g.
+    ``10,11,-1,-1`` for ``[10, 11]`` over ``[-1, -1, -1, -1]``.
+    """
+    if fixed_size(decl) and isinstance(value, (list, tuple)):
+        initial = decl.get("default")
+        if isinstance(initial, (list, tuple)):
+            value = list(value) + list(initial)[len(value) :]
+    return arg_value(decl, value)
 
 
 def _decl_for(decls, name):
@@ -141,13 +196,18 @@ def normalise(decls, params):
     return {k: sysfs_value(_decl_for(decls, k), v) for k, v in sorted((params or {}).items())}
 
 
+def normalise_args(decls, params):
+    """``{name: argument text}`` for wanted ``params`` (what modprobe is given)."""
+    return {k: arg_value(_decl_for(decls, k), v) for k, v in sorted((params or {}).items())}
+
+
 def param_tokens(decls, params):
     """The ``name=value`` arguments, one per parameter, in name order (modprobe argv).
 
     modprobe itself puts double quotes around a value that contains spaces.
     """
     tokens = []
-    for name, text in normalise(decls, params).items():
+    for name, text in normalise_args(decls, params).items():
         decl = decls[name]
         if decl.get("array") and text == "":
             raise ParamError(
@@ -270,8 +330,9 @@ def parse_proc_devices(text):
     return out
 
 
-def parse_kmsg(text):
-    """Records of /dev/kmsg text (``pri,seq,usec,flags;message``) as ``[(seq, message)]``.
+def parse_kmsg_levels(text):
+    """Records of /dev/kmsg text (``pri,seq,usec,flags;message``) as
+    ``[(seq, level, message)]``; level is the syslog level (0 emerg .. 7 debug).
 
     Continuation lines (`` KEY=value``) are skipped.
     """
@@ -279,12 +340,18 @@ def parse_kmsg(text):
     for line in (text or "").splitlines():
         match = _KMSG_RECORD.match(line)
         if match:
-            records.append((int(match.group(2)), match.group(4)))
+            records.append((int(match.group(2)), int(match.group(1)) & 7, match.group(4)))
     return records
 
 
-def read_kmsg(path):
-    """The kernel ring buffer as ``[(seq, message)]`` from /dev/kmsg, or None if unreadable.
+def parse_kmsg(text):
+    """Records of /dev/kmsg text as ``[(seq, message)]`` (see parse_kmsg_levels)."""
+    return [(seq, message) for seq, _, message in parse_kmsg_levels(text)]
+
+
+def read_kmsg(path, levels=False):
+    """The kernel ring buffer as ``[(seq, message)]`` from /dev/kmsg, or None if unreadable;
+    ``[(seq, level, message)]`` with ``levels``.
 
     Each read() of /dev/kmsg returns one record; EAGAIN means the end. EPIPE means a
     record was overwritten while reading, and reading goes on. A regular file (tests)
@@ -312,7 +379,8 @@ def read_kmsg(path):
             chunks.append(data)
     finally:
         os.close(fd)
-    return parse_kmsg(b"".join(chunks).decode("utf-8", "replace"))
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return parse_kmsg_levels(text) if levels else parse_kmsg(text)
 
 
 def mention_regex(record):
@@ -342,6 +410,227 @@ def param_errors(lines):
                     )
                 break
     return errors
+
+
+def trace_line(line):
+    """Whether a kernel line is part of a stack dump, oops or WARN splat (not a reason)."""
+    return any(pattern.search(line) for pattern in TRACE_PATTERNS)
+
+
+def since_unload(lines, unload_patterns):
+    """``lines`` after the last one matching an ``unload_patterns`` regex (all if none).
+
+    For a loaded module, that is what the kernel said since its last load.
+    """
+    regexes = []
+    for pattern in unload_patterns or []:
+        try:
+            regexes.append(re.compile(pattern))
+        except re.error:
+            continue
+    cut = 0
+    for index, line in enumerate(lines):
+        if any(regex.search(line) for regex in regexes):
+            cut = index + 1
+    return lines[cut:]
+
+
+def failure_lines(records, regex, unload_patterns=(), limit=6):
+    """The kernel lines that explain why loading a module failed, oldest first.
+
+    records: ``[(level or None, message)]`` since the load began (level from /dev/kmsg;
+             None when unknown, then the words of the line decide)
+    regex:   mention_regex() of the module
+    unload_patterns: its manifest's unload messages; what came before the last of them
+             belongs to its unload, not to the failed load
+
+    Stack frames, register dumps and the other lines of a dump (``Call Trace:``,
+    ``func+0x6a/0x1000 [mod]``, ``RIP:``, ``CPU: 1 PID:``, ``Hardware name:`` ...) say
+    where the kernel was, not why, and are dropped. Kept are the lines that name the
+    module and the warnings and errors from the dump the module first shows up in (the
+    kernel's reason for a dump comes just before it, e.g. ``sysfs: cannot create
+    duplicate filename``) onwards; the last ``limit`` of them.
+    """
+    messages = [message for _, message in records]
+    start = len(messages) - len(since_unload(messages, unload_patterns))
+    window = list(records[start:])
+    traces = [trace_line(message) for _, message in window]
+    mentions = [bool(regex.search(message)) for _, message in window]
+    begin = 0
+    if any(mentions):
+        begin = mentions.index(True)
+        if traces[begin]:
+            while begin > 0 and traces[begin - 1]:
+                begin -= 1
+            if begin > 0:
+                begin -= 1  # the line the dump was printed for
+    out = []
+    for index in range(begin, len(window)):
+        level, message = window[index]
+        if traces[index] or not message.strip():
+            continue
+        # a warning or worse; without a level (dmesg), a line that says what went wrong
+        trouble = bool(_TROUBLE.search(message)) if level is None else level <= _WARNING
+        if mentions[index] or trouble:
+            out.append(message.strip())
+    return out[-limit:] if limit else out
+
+
+def modprobe_error(text):
+    """modprobe's own complaint in its output, e.g. ``could not insert 'memory': Device
+    or resource busy``, without the ``modprobe: ERROR:`` prefix; None if it has none."""
+    found = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line.startswith(("modprobe:", "insmod:")):
+            continue
+        line = re.sub(r"^(?:modprobe|insmod):\s*(?:ERROR:|FATAL:)?\s*", "", line)
+        if line and line not in found:
+            found.append(line)
+    return "; ".join(found) or None
+
+
+def logged_value(decl, lines, unload_patterns=()):
+    """What a module last printed for parameter ``decl``, from its manifest ``log`` regex.
+
+    lines: the kernel log, oldest first; only the lines since the module's last load
+    count (after its last unload message, see since_unload), and of those the newest
+    match. Returns ``{"text": value as sysfs would show it, "line": the kernel line}``,
+    or None when the parameter has no ``log`` or nothing matches (the message is not
+    in the log, e.g. the ring buffer has moved on). The captured text is normalised
+    like a wanted value (``0x10`` -> ``16``, ``1``/``true`` -> ``Y``) when it can be.
+    """
+    pattern = decl.get("log")
+    if not pattern:
+        return None
+    try:
+        regex = re.compile(pattern)
+    except re.error:
+        return None
+    for line in reversed(since_unload(list(lines or []), unload_patterns)):
+        match = regex.search(line)
+        if match and match.groupdict().get("value") is not None:
+            return {"text": _logged_text(decl, match.group("value")), "line": line.strip()}
+    return None
+
+
+_WORDS = {"true": "Y", "yes": "Y", "on": "Y", "false": "N", "no": "N", "off": "N"}
+
+
+def _logged_text(decl, text):
+    text = text.strip()
+    parts = text.split(",") if decl.get("array") else [text]
+    if decl.get("type") in BOOL_TYPES:
+        parts = [_WORDS.get(part.strip().lower(), part.strip()) for part in parts]
+    try:
+        return sysfs_value(decl, parts if decl.get("array") else parts[0])
+    except ParamError:
+        return text
+
+
+def logged_params(record, lines):
+    """``{name: logged_value(...)}`` of the parameters of ``record`` that have a ``log``
+    regex and whose value is in ``lines`` since the module's last load."""
+    manifest = record.get("manifest") or {}
+    dmesg = (manifest.get("expect") or {}).get("dmesg") or {}
+    out = {}
+    for name, decl in sorted(declarations(record).items()):
+        found = logged_value(decl, lines, dmesg.get("unload"))
+        if found is not None:
+            out[name] = found
+    return out
+
+
+def dev_node_state(root, path):
+    """What ``path`` is: ``{"exists", "type", "mode", "major", "minor"}`` (os.stat)."""
+    try:
+        st = os.stat(host_path(root, path))
+    except OSError:
+        return {"exists": False}
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        kind = "char"
+    elif stat.S_ISBLK(mode):
+        kind = "block"
+    elif stat.S_ISREG(mode):
+        kind = "file"
+    elif stat.S_ISDIR(mode):
+        kind = "directory"
+    else:
+        kind = "other"
+    out = {"exists": True, "type": kind, "mode": "%04o" % stat.S_IMODE(mode)}
+    if kind in ("char", "block"):
+        out["major"] = os.major(st.st_rdev)
+        out["minor"] = os.minor(st.st_rdev)
+    return out
+
+
+def dev_nodes(record):
+    """The manifest's ``expect.dev_nodes`` of ``record``."""
+    manifest = record.get("manifest") or {}
+    return list((manifest.get("expect") or {}).get("dev_nodes") or [])
+
+
+def dev_node_problems(record, nodes, proc_devices=None):
+    """How the /dev nodes of a loaded module differ from its manifest.
+
+    nodes: ``{path: dev_node_state()}``; proc_devices: parse_proc_devices(). Returns
+    ``[(path, message, foreign)]``; ``foreign`` when something else stands at the path
+    (another type, or a node of another device number): the kernel does not replace
+    it when the module is loaded again, so it has to go first.
+    """
+    manifest = record.get("manifest") or {}
+    devices = {d["name"]: d for d in (manifest.get("expect") or {}).get("proc_devices") or []}
+    out = []
+    for node in dev_nodes(record):
+        path = node["path"]
+        st = nodes.get(path)
+        if st is None:
+            continue
+        want_type = node.get("type", "char")
+        if not st.get("exists"):
+            out.append((path, "%s is missing (manifest expect.dev_nodes)" % path, False))
+            continue
+        if st.get("type") != want_type:
+            out.append(
+                (path, "%s is a %s, not a %s device" % (path, st.get("type"), want_type), True)
+            )
+            continue
+        device = devices.get(node.get("device"))
+        if device is not None and proc_devices:
+            majors = [
+                major
+                for major, names in (proc_devices.get(device.get("kind", "char")) or {}).items()
+                if device["name"] in names
+            ]
+            minor = node.get("minor", 0)
+            if majors and (st.get("major") not in majors or st.get("minor") != minor):
+                out.append(
+                    (
+                        path,
+                        "%s is %s %s:%s, not the node of %r (major %s, minor %d)"
+                        % (
+                            path,
+                            want_type,
+                            st.get("major"),
+                            st.get("minor"),
+                            device["name"],
+                            "/".join(str(m) for m in sorted(majors)),
+                            minor,
+                        ),
+                        True,
+                    )
+                )
+                continue
+        if node.get("mode") and st.get("mode") != node["mode"]:
+            out.append(
+                (
+                    path,
+                    "%s has mode %s, the manifest says %s" % (path, st.get("mode"), node["mode"]),
+                    False,
+                )
+            )
+    return out
 
 
 def missing_patterns(patterns, lines):
@@ -380,22 +669,31 @@ def _safe_normalise(decls, params):
     return out, unknown
 
 
-def reload_reasons(record, state, recorded=None, options_changed=False, installed=None):
+def reload_reasons(
+    record, state, recorded=None, options_changed=False, installed=None, proc_devices=None
+):
     """Why a loaded ``present`` module must be reloaded; empty when it is as wanted.
 
     - a visible wanted parameter whose live value differs (a wanted major of 0 means
       "dynamic": any live major is fine);
-    - a parameter that cannot be read back (perm 0) whose value differs from the one
-      recorded in the local fact at the last successful load, or a parameter recorded
-      then that is no longer wanted (back to its default);
+    - a parameter sysfs does not show (perm 0) whose value the module printed at its
+      last load (manifest ``log``, ``state["logged"]``) differs from the wanted one
+      (its default when not wanted);
+    - a parameter that cannot be read back at all (perm 0, nothing logged) whose value
+      differs from the one recorded in the local fact at the last successful load, or
+      a parameter recorded then that is no longer wanted (back to its default);
     - no usable record while the module declares parameters that cannot be read back;
     - the options file changes while the module declares such parameters;
-    - the installed module (srcversion, else version) differs from the loaded one.
+    - the installed module (srcversion, else version) differs from the loaded one;
+    - a /dev node of the manifest (``state["dev_nodes"]``) is missing, or has another
+      type, device number or mode: loading the module again makes the kernel create
+      it again.
     """
     decls = declarations(record)
     wanted = normalise(decls, record.get("params"))
     majors = major_params(record)
-    hidden = sorted(n for n, d in decls.items() if not visible(d))
+    logged = state.get("logged") or {}
+    hidden = sorted(n for n, d in decls.items() if not visible(d) and n not in logged)
     reasons = []
     for name, text in wanted.items():
         decl = decls[name]
@@ -411,6 +709,16 @@ def reload_reasons(record, state, recorded=None, options_changed=False, installe
         live = state.get("live", {}).get(name)
         if live is not None and live != text:
             reasons.append("parameter %s is %r, wanted %r" % (name, live, text))
+    for name in sorted(logged):
+        decl = decls.get(name)
+        if decl is None or visible(decl):
+            continue
+        want = wanted.get(name, _default_text(decl))
+        if want is not None and logged[name]["text"] != want:
+            reasons.append(
+                "parameter %s (not visible in sysfs) is %r by the module's message %r, wanted %r"
+                % (name, logged[name]["text"], logged[name]["line"], want)
+            )
     if _usable_record(recorded):
         before, unknown = _safe_normalise(decls, recorded.get("params"))
         for name in sorted(unknown):
@@ -453,6 +761,8 @@ def reload_reasons(record, state, recorded=None, options_changed=False, installe
             "the installed module differs from the loaded one (version %s, installed %s)"
             % (state["version"], installed["version"])
         )
+    for _, message, _ in dev_node_problems(record, state.get("dev_nodes") or {}, proc_devices):
+        reasons.append(message)
     return reasons
 
 
@@ -471,8 +781,9 @@ def previous_params(record, state, recorded=None):
     """What the module runs with now, as ``{name: text}``, to load it again after a failure.
 
     Visible parameters come from sysfs (skipping values equal to their default, and a
-    dynamic major); parameters that cannot be read back come from the record of the
-    last successful load, when there is one.
+    dynamic major); parameters sysfs does not show from the module's own message
+    (``state["logged"]``), else from the record of the last successful load, when
+    there is one.
     """
     if not state.get("loaded"):
         return {}
@@ -492,6 +803,10 @@ def previous_params(record, state, recorded=None):
             if live == _default_text(decl) and name not in before:
                 continue
             out[name] = live
+        elif name in (state.get("logged") or {}):
+            text = state["logged"][name]["text"]
+            if text != _default_text(decl) or name in before:
+                out[name] = text
         elif name in before:
             out[name] = before[name]
     return out
@@ -585,6 +900,7 @@ def plan(records, states, recorded=None, files=None, installed=None, proc_device
                     recorded.get(name),
                     (files.get(name) or {}).get("options_changed", False),
                     installed.get(name),
+                    proc_devices,
                 )
                 if why:
                     action = "reload"

@@ -1,0 +1,125 @@
+"""The collector's GNU build ID reader, and what the request asks for per state.
+
+The build ID tells whether the loaded module is the installed .ko when neither has a
+srcversion (our modules on Debian 12: no MODULE_VERSION, no
+CONFIG_MODULE_SRCVERSION_ALL). The kernel shows the loaded module's
+``.note.gnu.build-id`` section as ``/sys/module/KMOD/notes/.note.gnu.build-id``
+(the raw notes); the .ko holds the same section.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from kmod_fixtures import MODULES, SELECTION
+
+from kmodlab.selection import resolve
+from kmodlab.verify import _collector
+from kmodlab.verify.expectations import Expectation
+from kmodlab.verify.observe import build_request, collector_source
+
+BUILD_ID = bytes.fromhex("5cde13210ee5388f90b5bf10d67550c96eb0b534")
+KERNEL = "6.1.0-18-amd64"
+
+
+def pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def note(order: str, name: bytes, ntype: int, desc: bytes) -> bytes:
+    return struct.pack(order + "III", len(name), len(desc), ntype) + pad(name) + pad(desc)
+
+
+def elf(notes: bytes, bits: int = 64, order: str = "<") -> bytes:
+    """A relocatable ELF with a null section, a PROGBITS one and one SHT_NOTE section."""
+    ehsize, shentsize = (64, 64) if bits == 64 else (52, 40)
+    data = b"\x90" * 8 + notes
+    shoff = ehsize + len(data)
+    ident = b"\x7fELF" + bytes([2 if bits == 64 else 1, 1 if order == "<" else 2, 1]) + b"\0" * 9
+    if bits == 64:
+        header = ident + struct.pack(
+            order + "HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, ehsize, 0, 0, shentsize, 3, 0
+        )
+        layout = order + "IIQQQQIIQQ"
+    else:
+        header = ident + struct.pack(
+            order + "HHIIIIIHHHHHH", 1, 3, 1, 0, 0, shoff, 0, ehsize, 0, 0, shentsize, 3, 0
+        )
+        layout = order + "IIIIIIIIII"
+
+    def section(sh_type: int, offset: int, size: int) -> bytes:
+        return struct.pack(layout, 0, sh_type, 2, 0, offset, size, 0, 0, 4, 0)
+
+    sections = section(0, 0, 0) + section(1, ehsize, 8) + section(7, ehsize + 8, len(notes))
+    return header + data + sections
+
+
+def build_id(path: Path) -> dict:
+    return _collector._build_id(str(path))
+
+
+def test_build_id_of_a_module_file(tmp_path: Path):
+    linux = note("<", b"Linux\0", 0x100, b"6.1.0-18-amd64\0")
+    gnu = note("<", b"GNU\0", 3, BUILD_ID)
+    ko = tmp_path / "hello-5.ko"
+    ko.write_bytes(elf(linux + gnu) + b"~Module signature appended~\n")
+    assert build_id(ko) == {"ok": True, "build_id": BUILD_ID.hex()}
+    (tmp_path / "hello-5.ko.xz").write_bytes(lzma.compress(ko.read_bytes()))
+    (tmp_path / "hello-5.ko.gz").write_bytes(gzip.compress(ko.read_bytes()))
+    assert build_id(tmp_path / "hello-5.ko.xz")["build_id"] == BUILD_ID.hex()
+    assert build_id(tmp_path / "hello-5.ko.gz")["build_id"] == BUILD_ID.hex()
+    big32 = tmp_path / "be32.ko"
+    big32.write_bytes(elf(note(">", b"GNU\0", 3, BUILD_ID), bits=32, order=">"))
+    assert build_id(big32)["build_id"] == BUILD_ID.hex()
+
+
+def test_build_id_of_the_sysfs_note_file(tmp_path: Path):
+    order = "<" if sys.byteorder == "little" else ">"
+    notes = tmp_path / ".note.gnu.build-id"
+    notes.write_bytes(note(order, b"GNU\0", 3, BUILD_ID))
+    assert build_id(notes) == {"ok": True, "build_id": BUILD_ID.hex()}
+
+
+def test_no_build_id(tmp_path: Path):
+    assert build_id(tmp_path / "gone.ko") == {"ok": False, "error": "No such file or directory"}
+    bare = tmp_path / "bare.ko"
+    bare.write_bytes(elf(note("<", b"Linux\0", 0x100, b"x\0")))
+    assert build_id(bare) == {"ok": False, "error": "no GNU build ID note"}
+    (tmp_path / "bad.ko.xz").write_bytes(b"not xz")
+    assert "cannot decompress" in build_id(tmp_path / "bad.ko.xz")["error"]
+    (tmp_path / "cut.ko").write_bytes(elf(b"")[:40])
+    assert "not a valid ELF" in build_id(tmp_path / "cut.ko")["error"]
+
+
+def test_the_request_per_state(tmp_path: Path):
+    exp = Expectation("lab1", KERNEL, resolve(MODULES, SELECTION), tmp_path / "lab1.json")
+    request = build_request(exp)
+    dkms = f"/lib/modules/{KERNEL}/updates/dkms"
+    # present: the build IDs of the loaded module and of every place DKMS installs it
+    assert "/sys/module/hello_5/notes/.note.gnu.build-id" in request["build_id"]
+    assert {f"{dkms}/hello-5.ko", f"{dkms}/hello_5.ko.xz"} <= set(request["build_id"])
+    assert not any("/base" in p or "/user" in p for p in request["build_id"])
+    # absent: DKMS's folder, the sources and the installed files must be gone
+    assert {"/var/lib/dkms/user", "/usr/src/user-2.0.1", f"{dkms}/user.ko"} <= set(request["stat"])
+    assert "/var/lib/dkms/base" not in request["stat"]
+
+
+def test_the_collector_reads_build_ids_on_the_host(tmp_path: Path):
+    ko = tmp_path / "m.ko"
+    ko.write_bytes(elf(note("<", b"GNU\0", 3, BUILD_ID)))
+    request = {"build_id": [str(ko), str(tmp_path / "none.ko")]}
+    proc = subprocess.run(
+        [sys.executable, "-c", collector_source(), json.dumps(request)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(proc.stdout)["build_id"]
+    assert found[str(ko)] == {"ok": True, "build_id": BUILD_ID.hex()}
+    assert found[str(tmp_path / "none.ko")]["ok"] is False

@@ -1,0 +1,201 @@
+"""No silent drops: what each module is checked for, and outcomes besides pass and fail.
+
+The suite computes the checks a module's manifest and record call for on its own
+(``suite.expected_checks``) and fails any test one side wants and the other does not.
+The end-to-end runs break the suite's own selection rules in a test module of their
+own (``--hosts=local://``, nothing loaded here) and read report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kmod_fixtures import MODULES, SELECTION
+
+from kmodlab.selection import resolve
+from kmodlab.verify import suite
+from kmodlab.verify.expectations import write_expectation
+
+pytestmark = pytest.mark.skipif(
+    Path("/sys/module/hello_5").exists() or Path("/dev/gadget").exists(),
+    reason="this machine has the fixture modules' names in use",
+)
+
+
+BASE = ["test_dkms_built", "test_dkms_installed", "test_module_file", "test_persistence"]
+
+
+def test_expected_checks_from_the_manifest():
+    recs = {r["name"]: r for r in resolve(MODULES, SELECTION)}
+    expected = {name: suite.expected_checks(rec) for name, rec in recs.items()}
+    assert expected["user"] == ["test_dkms_removed", "test_not_loaded", "test_persistence"]
+    assert expected["base"] == BASE
+    assert expected["hello-5"] == [
+        *BASE,
+        "test_loaded",
+        "test_modinfo",
+        "test_params",
+        "test_param_files",
+        "test_dmesg_load",
+    ]
+    assert expected["memory"] == [
+        *BASE,
+        "test_loaded",
+        "test_modinfo",
+        "test_param_files",
+        "test_proc_devices",
+        "test_dev_nodes",
+        "test_dmesg_load",
+    ]
+    assert expected["gadget"] == [
+        *BASE,
+        "test_loaded",
+        "test_modinfo",
+        "test_param_files",
+        "test_proc_devices",
+        "test_dev_nodes",
+        "test_sysfs",
+        "test_procfs",
+        "test_dmesg_load",
+        "test_functional[a read returns the greeting]",
+        "test_functional[a write is refused with EINVAL]",
+    ]
+    # every test of the suite is called for by some state
+    tests = {n for n in suite.__all__ if n.startswith("test_")}
+    called = {t.split("[")[0] for names in expected.values() for t in names} | {"test_host"}
+    assert called == tests
+
+
+def run_suite(tmp: Path, body: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the suite from a test module that first runs ``body``; return the report."""
+    write_expectation(tmp / "exp", "local", os.uname().release, resolve(MODULES, SELECTION))
+    (tmp / "test_suite.py").write_text(
+        "from kmodlab.verify import checks, suite\n"
+        "from kmodlab.verify.suite import *  # noqa: F403\n"
+        f"kmodlab_expectations = {str(tmp / 'exp')!r}\n" + body
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(tmp / "test_suite.py"),
+            "-p",
+            "no:cacheprovider",
+            "--hosts=local://",
+            "-q",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        # as from molecule: the plugin comes with the suite, its options from the env
+        env={
+            **os.environ,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "KMODLAB_VERIFY_REPORT_DIR": str(tmp / "report"),
+        },
+        timeout=300,
+        check=False,
+    )
+    report = json.loads((tmp / "report" / "report.json").read_text())
+    return proc, report
+
+
+def checks_of(report: dict) -> dict[str, dict[str, dict]]:
+    """{module: {kind or functional name: check}} of the only host."""
+    (host,) = report["hosts"]
+    return {m["name"]: {c["name"] or c["kind"]: c for c in m["checks"]} for m in host["modules"]}
+
+
+BROKEN_RULES = """
+suite.test_dmesg_load.kmodlab_check["applies"] = lambda record: False
+suite.test_modinfo.kmodlab_check["states"] = ("present", "config")
+_build_cases = suite.build_cases
+suite.build_cases = lambda *args: [c for c in _build_cases(*args) if c.kind != "functional"]
+"""
+
+
+def test_broken_selection_rules_fail_loudly(tmp_path: Path):
+    proc, report = run_suite(tmp_path, BROKEN_RULES)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    found = checks_of(report)
+    # a check the manifest calls for that its rule dropped: still there, failing
+    for name in ("hello-5", "gadget", "memory"):
+        dmesg = found[name]["dmesg_load"]
+        assert dmesg["outcome"] == "fail" and dmesg["stage"] == "verified"
+        assert dmesg["message"].startswith(f"local/{name} test_dmesg_load: the manifest calls")
+        assert "the test's selection rule left it out" in dmesg["message"]
+    # a check that ran although the manifest does not call for it
+    extra = found["base"]["modinfo"]
+    assert extra["outcome"] == "fail"
+    assert "test_modinfo was selected, but the manifest does not call for it" in extra["message"]
+    # functional checks build_cases did not make a case for
+    for functional in ("a read returns the greeting", "a write is refused with EINVAL"):
+        check = found["gadget"][functional]
+        assert check["outcome"] == "fail" and check["kind"] == "functional"
+        assert "no test case was built for it" in check["message"]
+    # the counts match what the manifests call for, whatever the rules did
+    counts = {m["name"]: m["counts"]["total"] for m in report["hosts"][0]["modules"]}
+    assert counts == {"base": 5, "gadget": 14, "hello-5": 9, "memory": 10, "user": 3}
+    # every failure names host, module and check
+    for mod in report["hosts"][0]["modules"]:
+        for failure in mod["failures"]:
+            assert failure["message"].startswith(f"local/{mod['name']}"), failure
+            assert failure["test"] in failure["message"].splitlines()[0], failure
+
+
+def test_the_unbroken_suite_runs_exactly_the_expected_checks(tmp_path: Path):
+    _proc, report = run_suite(tmp_path, "")
+    recs = {r["name"]: r for r in resolve(MODULES, SELECTION)}
+    (host,) = report["hosts"]
+    assert [c["test"] for c in host["checks"]] == ["test_host"]
+    for mod in host["modules"]:
+        ran = sorted(f"{c['test']}[{c['name']}]" if c["name"] else c["test"] for c in mod["checks"])
+        assert ran == sorted(suite.expected_checks(recs[mod["name"]])), mod["name"]
+        assert not any("selection rule" in (c["message"] or "") for c in mod["checks"])
+
+
+NOT_OBSERVABLE = """
+checks.not_loaded = lambda record, obs, kernel: [
+    checks.NOT_OBSERVABLE + "whether it is loaded: /sys/module cannot be read"
+]
+"""
+
+
+def test_not_observable_is_neither_pass_nor_fail(tmp_path: Path):
+    proc, report = run_suite(tmp_path, NOT_OBSERVABLE, "-k", "test_not_loaded")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check = checks_of(report)["user"]["not_loaded"]
+    assert check["outcome"] == "unobservable" and check["stage"] == "loaded"
+    assert check["message"] == (
+        "local/user test_not_loaded: whether it is loaded: /sys/module cannot be read"
+    )
+    (user,) = report["hosts"][0]["modules"]
+    assert user["stages"]["loaded"] == "unobservable" and user["failures"] == []
+    assert user["counts"] == {"total": 1, "pass": 0, "fail": 0, "skip": 0, "unobservable": 1}
+    assert report["summary"]["unobservable"] == 1 and report["summary"]["failed"] == 0
+    assert report["summary"]["text"] == "0 passed, 0 failed, 0 skipped, 1 not observable"
+    text = (tmp_path / "report" / "report.txt").read_text()
+    assert "not obs" in next(ln for ln in text.splitlines() if "| user" in ln)
+    assert "Not observable:" in text
+    assert "local/user [loaded] test_not_loaded: whether it is loaded: /sys/module" in text
+
+
+def test_not_observable_beside_a_failure_fails(tmp_path: Path):
+    body = """
+checks.not_loaded = lambda record, obs, kernel: [
+    checks.NOT_OBSERVABLE + "one thing cannot be seen", "another is wrong"
+]
+"""
+    proc, report = run_suite(tmp_path, body, "-k", "test_not_loaded")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    check = checks_of(report)["user"]["not_loaded"]
+    assert check["outcome"] == "fail"
+    assert "not observable: one thing cannot be seen" in check["message"]
+    assert "another is wrong" in check["message"]

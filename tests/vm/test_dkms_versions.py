@@ -1,0 +1,85 @@
+"""DKMS packages on a real kernel: a version bump, a downgrade and a removal of one lab
+module through lab.yml, each verified by the play's own verify stage, and the lab
+converged again at the end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from vmhelpers import ROOT, Guest, playbook
+
+from kmodlab.manifest import load_manifest
+
+MOD = load_manifest(ROOT / "modules/hello-3")
+BUMPED = MOD.version + ".1"
+
+
+def _dkms(guest: Guest) -> str:
+    return guest.run(f"sudo dkms status -m {MOD.name}")
+
+
+def _sources(guest: Guest) -> list[str]:
+    return guest.run(f"ls -d /usr/src/{MOD.name}-* 2>/dev/null || true").split()
+
+
+def _report(report_dir: Path) -> dict:
+    report = json.loads((report_dir / "report.json").read_text())
+    (host,) = report["hosts"]
+    return {m["name"]: m for m in host["modules"]}
+
+
+def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) -> None:
+    kernel = converged.run("uname -r").strip()
+    copy = tmp_path / "modules"
+    shutil.copytree(ROOT / "modules", copy)
+    path = copy / MOD.name / "module.yml"
+    data = yaml.safe_load(path.read_text())
+    data["version"] = BUMPED
+    path.write_text(yaml.safe_dump(data))
+
+    # Bump: the new version is built and installed, the old one removed with its sources.
+    proc = playbook(
+        converged,
+        "-e",
+        f"kmodlab_manifest_dir={copy}",
+        "-e",
+        f"kmod_verify_report_dir={tmp_path}/up",
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    status = _dkms(converged)
+    assert f"{MOD.name}/{BUMPED}, {kernel}" in status and "installed" in status, status
+    assert f"{MOD.name}/{MOD.version}," not in status, status
+    assert _sources(converged) == [f"/usr/src/{MOD.name}-{BUMPED}"]
+    assert _report(tmp_path / "up")[MOD.name]["version"] == BUMPED
+    assert MOD.kmod in converged.run("cut -d' ' -f1 /proc/modules").split()
+
+    # Downgrade: back to the repository's manifest.
+    proc = playbook(converged, "-e", f"kmod_verify_report_dir={tmp_path}/down")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    status = _dkms(converged)
+    assert f"{MOD.name}/{MOD.version}, {kernel}" in status and BUMPED not in status, status
+    assert _sources(converged) == [f"/usr/src/{MOD.name}-{MOD.version}"]
+    assert _report(tmp_path / "down")[MOD.name]["version"] == MOD.version
+
+    # Removal: state absent unloads it and removes it from DKMS entirely.
+    absent = json.dumps({"kmodlab_host_modules": [{"name": MOD.name, "state": "absent"}]})
+    proc = playbook(converged, "-e", absent, "-e", f"kmod_verify_report_dir={tmp_path}/gone")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert MOD.kmod not in converged.run("cut -d' ' -f1 /proc/modules").split()
+    assert _dkms(converged).strip() == ""
+    assert _sources(converged) == []
+    assert "rc=1" in converged.run(
+        f"test -e /lib/modules/{kernel}/updates/dkms/{MOD.name}.ko", check=False
+    )
+    for name in (f"/etc/modprobe.d/{MOD.name}.conf", f"/etc/modules-load.d/{MOD.name}.conf"):
+        assert "rc=1" in converged.run(f"test -e {name}", check=False)
+    gone = _report(tmp_path / "gone")[MOD.name]
+    assert gone["state"] == "absent" and not gone["failures"]
+
+    # And back to the lab.
+    proc = playbook(converged)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert MOD.kmod in converged.run("cut -d' ' -f1 /proc/modules").split()
