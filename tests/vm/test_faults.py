@@ -270,3 +270,60 @@ def _failure_message(output: str, start: str) -> str:
     found = re.search(re.escape(start) + r".*?(?:left unloaded|loaded again)", text)
     assert found, output[-5000:]
     return found.group(0)
+
+
+INSTANCES = (
+    r"""for m in /sys/module/*; do [ -e $m/initstate ] && echo "${m##*/} $(stat -c %i $m)"; done"""
+)
+
+
+def instances(guest: Guest) -> dict[str, str]:
+    """{kmod: kernfs inode of /sys/module/KMOD}: a new inode is a new load."""
+    out = guest.run(f"bash -c {shlex.quote(INSTANCES)}")
+    return dict(line.split() for line in out.splitlines())
+
+
+def test_round5_parameter_change_reloads_that_module_once(
+    converged: Guest, report_dir: Path
+) -> None:
+    wanted = HELLO5.wanted_params()["myint"]
+    goodbye = "sudo dmesg | grep -c 'hello_5: goodbye, world (parameters)' || true"
+    for value in (wanted + 1, wanted):
+        before, unloads = instances(converged), int(converged.run(goodbye))
+        override = {"kmodlab_host_modules": [{"name": "hello-5", "params": {"myint": value}}]}
+        proc = playbook(
+            converged,
+            "-e",
+            json.dumps(override),
+            "-e",
+            f"kmod_verify_report_dir={report_dir / str(value)}",
+        )
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        after = instances(converged)
+        assert {k for k in before if after.get(k) != before[k]} == {"hello_5"}
+        assert int(converged.run(goodbye)) == unloads + 1
+        live = converged.run("cat /sys/module/hello_5/parameters/myint").strip()
+        assert live == str(value)
+
+
+def test_round6_module_in_use_is_left_alone(converged: Guest, report_dir: Path) -> None:
+    """chardev must be reloaded (its /dev node has the wrong mode) while a process holds
+    it open: the play says so and changes nothing; once the process is gone, it repairs."""
+    converged.run("sudo chmod 0600 /dev/chardev")
+    holder = converged.run(
+        "sudo bash -c 'sleep 900 < /dev/chardev > /dev/null 2>&1 & echo $!'"
+    ).strip()
+    try:
+        before, snap = instances(converged), snapshot(converged)
+        proc = playbook(converged, "-e", f"kmod_verify_report_dir={report_dir / 'busy'}")
+        assert proc.returncode != 0
+        text = " ".join(line.strip() for line in proc.stdout.splitlines())
+        assert re.search(r"chardev must be unloaded \(/dev/chardev has mode 0600.*in use", text), (
+            proc.stdout[-5000:]
+        )
+        assert instances(converged) == before
+        assert snapshot(converged) == snap
+    finally:
+        converged.run(f"sudo kill {holder}", check=False)
+    assert_repaired(converged, report_dir / "repair")
+    assert converged.run("stat -c %a /dev/chardev").strip() == "666"
