@@ -107,7 +107,12 @@ def _lab(lab_dir: Path | None) -> vms_mod.Lab:
 def vm_up(
     names: Annotated[list[str] | None, typer.Argument(help="VM names (default: lab1, ...)")] = None,
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=8)] = 1,
-    profile: Profile = "lab",
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile", "-p", help="lab (with build tools) or bare; new VMs: lab by default"
+        ),
+    ] = None,
     secure_boot: Annotated[bool, typer.Option("--secure-boot", help="OVMF Secure Boot")] = False,
     enroll_key: Annotated[
         list[Path] | None,
@@ -119,7 +124,7 @@ def vm_up(
 ) -> None:
     """Boot VMs (copy-on-write overlays of the image) and wait until SSH answers."""
     lab = _lab(lab_dir)
-    if profile not in image_mod.PROFILES:
+    if profile is not None and profile not in image_mod.PROFILES:
         choices = ", ".join(image_mod.PROFILES)
         raise LabError(f"unknown profile {profile!r}: choose one of {choices}")
     if not names:

@@ -288,7 +288,13 @@ class Manifest(_Model):
     license: str
     author: str
     sources: list[str] = Field(min_length=1)
-    depends: list[ModuleName] = Field(default=[], description="manifest modules loaded first")
+    depends: list[ModuleName] = Field(
+        default=[],
+        description="modules of the same folder whose exported symbols this one uses: "
+        "built before it (dkms.conf BUILD_DEPENDS, their Module.symvers in "
+        "KBUILD_EXTRA_SYMBOLS), loaded before it and unloaded after it, and selected "
+        "with it",
+    )
     parameters: list[Parameter] = []
     lab: Lab = Lab()
     expect: Expect = Expect()

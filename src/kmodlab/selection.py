@@ -6,7 +6,12 @@ An entry (from ``kmodlab_modules`` and its group/host layers, merged by name) is
 
 ``params`` override the manifest's lab parameters. The result is one resolved record per
 module in load order (dependencies first), carrying everything the roles and the verify
-suite need, so no role reads a manifest on its own.
+suite need, so no role reads a manifest on its own: among it ``dependents``, the modules of
+the manifest folder whose ``depends`` name this one (selected or not), whose builds need
+the symbols it exports.
+
+A module selected present or config needs every module it depends on selected present or
+config too: it is built against their exported symbols and loaded after them.
 """
 
 from __future__ import annotations
@@ -70,15 +75,29 @@ def resolve(
         by_name[name] = {"state": state, "params": wanted, "persist": entry.get("persist", True)}
 
     present = {n for n, e in by_name.items() if e["state"] != "absent"}
-    for name in present:
+    for name in sorted(present):
         for dep in manifests[name].depends:
-            if dep not in present:
-                raise SelectionError(
-                    f"{var}: module {name!r} depends on {dep!r}; select {dep!r} too"
-                )
+            if dep in present:
+                continue
+            why = (
+                f"it is selected with state absent: make {name!r} absent too, or {dep!r} present"
+                if dep in by_name
+                else f"select {dep!r} too"
+            )
+            raise SelectionError(
+                f"{var}: module {name!r} depends on {dep!r} (it is built against {dep!r}'s "
+                f"exported symbols and loads after it), but {why}"
+            )
+
+    dependents: dict[str, list[str]] = {n: [] for n in manifests}
+    for m in manifests.values():
+        for dep in m.depends:
+            dependents[dep].append(m.name)
 
     resolved = []
     for name in load_order(manifests, list(by_name)):
+        if name not in by_name:
+            continue  # a dependency of an absent module, not selected itself
         m = manifests[name]
         entry = by_name[name]
         resolved.append(
@@ -90,6 +109,7 @@ def resolve(
                 "params": entry["params"],
                 "persist": bool(entry["persist"]),
                 "source_dir": str((modules_dir / m.name).resolve()),
+                "dependents": sorted(dependents[name]),
                 "manifest": m.model_dump(mode="json"),
             }
         )

@@ -4,10 +4,10 @@ Covers: first load with files and fact, the idempotent re-run (one probe, nothin
 else touches the host), check mode, reload only on change (live value, hidden
 parameter, installed build), a parameter the kernel refuses (previous configuration
 back, the kernel's message in the failure), a major already taken, dependencies and
-their cascade, absent/config/persist, a module in use, missing unload messages;
-fixed-size arrays, a hidden parameter reloaded behind the role's back (read from the
-module's message), /dev nodes removed or changed by hand, and a refused init quoted
-in the kernel's words.
+their cascade, both absent (the user unloaded first), absent/config/persist, a module
+in use, missing unload messages; fixed-size arrays, a hidden parameter reloaded behind
+the role's back (read from the module's message), /dev nodes removed or changed by hand,
+and a refused init quoted in the kernel's words.
 """
 
 from __future__ import annotations
@@ -237,6 +237,20 @@ def test_dependencies_cascade_and_absent(sim: Sim):
     assert not (sim.modprobe_d / "user.conf").exists()
     assert not (sim.modules_load_d / "user.conf").exists()
     assert sim.fact()["modules"]["user"]["state"] == "absent"
+
+
+def test_both_absent_unloads_the_user_before_what_it_uses(sim: Sim):
+    # the pretend kernel, like the real one, refuses to unload base while user holds it
+    assert sim.run([{"name": "user"}, {"name": "base"}]).rc == 0
+    assert (sim.sys / "base" / "holders" / "user").exists()
+    # listed dependency first: the order of the entries does not matter
+    res = sim.run([{"name": "base", "state": "absent"}, {"name": "user", "state": "absent"}])
+    assert res.rc == 0, res.explain()
+    assert not sim.loaded("user") and not sim.loaded("base")
+    lines = sim.kmsg_lines()
+    assert lines[lines.index("user: down") :] == ["user: down", "base: down"], lines
+    assert not (sim.modules_load_d / "user.conf").exists()
+    assert not (sim.modules_load_d / "base.conf").exists()
 
 
 def test_config_state_and_persist_false(sim: Sim):

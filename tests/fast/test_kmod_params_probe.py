@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kmodlab.ansible.module_utils import kmodlab_kmod
+from kmodlab.ansible.module_utils import kmodlab_buildid, kmodlab_kmod
 from kmodlab.selection import resolve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,7 @@ FACT = "/etc/ansible/facts.d/kmodlab_kmod_load.fact"
 # The module imports its helpers as Ansible module_utils; on the controller they are
 # the same file inside the kmodlab package.
 sys.modules.setdefault("ansible.module_utils.kmodlab_kmod", kmodlab_kmod)
+sys.modules.setdefault("ansible.module_utils.kmodlab_buildid", kmodlab_buildid)
 _spec = importlib.util.spec_from_file_location(
     "kmodlab_kmod_params", REPO / "src/kmodlab/ansible/library/kmodlab_kmod_params.py"
 )
@@ -199,6 +201,49 @@ def test_major_owner_conflict(host: Path):
     (host / "proc/devices").write_text("Character devices:\n 60 othermem\n")
     out = probe.run(FakeModule({"modules": records({"name": "memory"}), "root": str(host)}))
     assert "major 60" in out["conflicts"][0] and "'othermem'" in out["conflicts"][0]
+
+
+def _build_id_note(build_id: bytes) -> bytes:
+    """/sys/module/KMOD/notes/.note.gnu.build-id: one ELF note, type NT_GNU_BUILD_ID."""
+    return struct.pack("<III", 4, len(build_id), 3) + b"GNU\0" + build_id
+
+
+def _ko(build_id: bytes) -> bytes:
+    """The smallest ELF64 .ko with a .note.gnu.build-id section (SHT_NOTE)."""
+    notes = _build_id_note(build_id)
+    shoff = 64 + len(notes)
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9
+    header += struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 2, 0)
+    null = b"\0" * 64
+    note = struct.pack("<IIQQQQIIQQ", 0, 7, 2, 0, 64, len(notes), 0, 0, 4, 0)
+    return header + notes + null + note
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_rebuilt_module_without_srcversion_is_told_by_its_build_id(host: Path, same: bool):
+    """Debian 6.1 modules without MODULE_VERSION have no srcversion on either side: a
+    DKMS rebuild (e.g. a version bump of the same sources) differs in the build ID."""
+    loaded, installed = bytes.fromhex("aa" * 20), bytes.fromhex(("aa" if same else "bb") * 20)
+    note = host / "sys/module/hello_5/notes/.note.gnu.build-id"
+    note.parent.mkdir(parents=True)
+    note.write_bytes(_build_id_note(loaded))
+    ko = host / "lib/modules/x/updates/dkms/hello-5.ko"
+    ko.parent.mkdir(parents=True)
+    ko.write_bytes(_ko(installed))
+    module = FakeModule(
+        {"modules": records({"name": "hello-5"}), "root": str(host)},
+        modinfo="filename:       /lib/modules/x/updates/dkms/hello-5.ko\n",
+    )
+    out = probe.run(module)
+    entry = out["modules"][0]
+    assert entry["installed"]["build_id"] == installed.hex()
+    if same:
+        assert entry["action"] == "none", entry
+    else:
+        assert entry["action"] == "reload"
+        assert any(
+            f"build ID {loaded.hex()}, installed {installed.hex()}" in r for r in entry["reasons"]
+        )
 
 
 def test_installed_build_change_reloads(host: Path):

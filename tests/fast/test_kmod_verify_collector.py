@@ -1,4 +1,5 @@
-"""The collector's GNU build ID reader, and what the request asks for per state.
+"""The GNU build ID reader (module_utils, shared by the kmod_load probe and the verify
+collector), and what the collector's request asks for per state.
 
 The build ID tells whether the loaded module is the installed .ko when neither has a
 srcversion (our modules on Debian 12: no MODULE_VERSION, no
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from kmod_fixtures import MODULES, SELECTION
 
+from kmodlab.ansible.module_utils import kmodlab_buildid
 from kmodlab.selection import resolve
-from kmodlab.verify import _collector
 from kmodlab.verify.expectations import Expectation
 from kmodlab.verify.observe import build_request, collector_source
 
@@ -61,7 +62,7 @@ def elf(notes: bytes, bits: int = 64, order: str = "<") -> bytes:
 
 
 def build_id(path: Path) -> dict:
-    return _collector._build_id(str(path))
+    return kmodlab_buildid.build_id(str(path))
 
 
 def test_build_id_of_a_module_file(tmp_path: Path):

@@ -129,7 +129,14 @@ def test_render_report_is_a_rich_renderable(tmp_path: Path):
 def test_checks_and_counts_per_module():
     r = fixture_report()
     hello5 = r["hosts"][0]["modules"][0]
-    assert hello5["counts"] == {"total": 8, "pass": 6, "fail": 1, "skip": 1, "unobservable": 0}
+    assert hello5["counts"] == {
+        "total": 8,
+        "pass": 6,
+        "fail": 1,
+        "skip": 1,
+        "unobservable": 0,
+        "unreachable": 0,
+    }
     assert [(c["kind"], c["stage"], c["outcome"]) for c in hello5["checks"]] == [
         ("dkms_built", "built", "pass"),
         ("dkms_installed", "installed", "pass"),
@@ -154,7 +161,14 @@ def test_a_test_reported_twice_counts_once_with_its_worst_outcome():
     rep.add_result(r, m, "fail", "teardown error")  # e.g. a teardown error after the call
     rep.add_result(r, m, "pass", None)
     (mod,) = r["hosts"][0]["modules"]
-    assert mod["counts"] == {"total": 1, "pass": 0, "fail": 1, "skip": 0, "unobservable": 0}
+    assert mod["counts"] == {
+        "total": 1,
+        "pass": 0,
+        "fail": 1,
+        "skip": 0,
+        "unobservable": 0,
+        "unreachable": 0,
+    }
     assert r["summary"]["passed"] == 0 and r["summary"]["failed"] == 1
     assert len(mod["failures"]) == 1 and mod["stages"]["loaded"] == "fail"
 

@@ -178,7 +178,14 @@ def test_not_observable_is_neither_pass_nor_fail(tmp_path: Path):
     )
     (user,) = report["hosts"][0]["modules"]
     assert user["stages"]["loaded"] == "unobservable" and user["failures"] == []
-    assert user["counts"] == {"total": 1, "pass": 0, "fail": 0, "skip": 0, "unobservable": 1}
+    assert user["counts"] == {
+        "total": 1,
+        "pass": 0,
+        "fail": 0,
+        "skip": 0,
+        "unobservable": 1,
+        "unreachable": 0,
+    }
     assert report["summary"]["unobservable"] == 1 and report["summary"]["failed"] == 0
     assert report["summary"]["text"] == "0 passed, 0 failed, 0 skipped, 1 not observable"
     text = (tmp_path / "report" / "report.txt").read_text()

@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -219,6 +220,16 @@ class FakeDkms:
             sources = "".join(p.read_text() for p in (self.src / f"{name}-{version}").glob("*.c"))
             build = self.tree / name / version / "build"
             build.mkdir(parents=True, exist_ok=True)
+            conf = (self.src / f"{name}-{version}" / "dkms.conf").read_text()
+            # modpost reads each dependency's Module.symvers from its installed build
+            depends = "".join(re.findall(r"BUILD_DEPENDS=\((.*)\)", conf))
+            for dep in re.findall(r'"([^"]+)"', depends):
+                if not any(
+                    n == dep and ks.get(kernel) == "installed" for (n, _v), ks in self.reg.items()
+                ):
+                    symvers = f"{self.tree}/{dep}/kernel-{kernel}-{ARCH}/module/Module.symvers"
+                    (build / "make.log").write_text(f"{symvers}: No such file or directory\n")
+                    return 10, "(bad exit status: 2)\n", "Error! Bad return status\n"
             if "no_such_symbol" in sources:
                 log = [f"DKMS make.log for {name}-{version} for kernel {kernel} ({ARCH})"]
                 log += [f"noise {i}" for i in range(60)]
@@ -286,6 +297,14 @@ def pkg_files(name, version, c=GOOD_C):
 
 def pkg(name, version, c=GOOD_C, **extra):
     return {"name": name, "version": version, "files": pkg_files(name, version, c), **extra}
+
+
+def dependent(name, version, depends, c=GOOD_C):
+    """A package whose dkms.conf names ``depends`` in BUILD_DEPENDS, as the role renders it."""
+    p = pkg(name, version, c, depends=depends)
+    listed = " ".join(f'"{d}"' for d in depends)
+    p["files"]["dkms.conf"] += f"BUILD_DEPENDS=({listed})\n"
+    return p
 
 
 @pytest.fixture
@@ -749,6 +768,123 @@ def test_ubuntu_keys_are_left_to_dkms_and_the_first_build_runs_alone(dkms, tmp_p
     assert res["failed_packages"] == []
     assert all(a[0] != OPENSSL for a in dkms.calls)
     assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
+
+
+# -- dependencies (BUILD_DEPENDS) ---------------------------------------------------------
+
+
+def test_a_dependent_builds_once_its_dependency_is_installed(dkms):
+    # listed first, and builds could run three at once: the dependent still waits
+    dkms.build_delay, dkms.together = 1.0, 2
+    res = run(
+        dkms,
+        [dependent("symuse", "1.0", ["symexport"]), pkg("symexport", "1.0"), pkg("other", "1.0")],
+        jobs=3,
+    )
+    assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
+    cmds = dkms.commands()
+    assert cmds.index("install symexport/1.0") < cmds.index("add symuse/1.0")
+    assert cmds.index("add symuse/1.0") < cmds.index("build symuse/1.0")
+    assert dkms.events.index(("end", "symexport")) < dkms.events.index(("start", "symuse"))
+    # the independent package built alongside the dependency
+    assert dkms.max_running == 2
+    assert {p["name"]: p["status"] for p in res["packages"]} == {
+        "symuse": "installed",
+        "symexport": "installed",
+        "other": "installed",
+    }
+    # results stay in the order given; one depmod at the end
+    assert [p["name"] for p in res["packages"]] == ["symuse", "symexport", "other"]
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]
+
+
+def test_without_ordering_the_dependent_would_not_link(dkms):
+    """The fake's modpost check: a dependent built before its dependency fails."""
+    res = run(dkms, [dependent("symuse", "1.0", ["symexport"])])
+    p = by_name(res)["symuse"]
+    assert p["failed"] and p["step"] == "build"
+    assert any("symexport/kernel-" in line for line in p["log_tail"])
+
+
+def test_a_dependent_is_not_touched_when_its_dependency_fails(dkms):
+    res = run(dkms, [pkg("symexport", "1.0", c=BAD_C), dependent("symuse", "1.0", ["symexport"])])
+    assert res["failed_packages"] == ["symexport", "symuse"]
+    p = by_name(res)["symuse"]
+    assert p["step"] == "build"
+    assert "symexport, which symuse depends on (BUILD_DEPENDS), failed" in p["msg"]
+    # nothing of it was run: not even its sources were written
+    assert [c for c in dkms.commands() if "symuse" in c] == []
+    assert p["actions"] == [] and not (dkms.src / "symuse-1.0").exists()
+    assert "symuse 1.0: build failed" in res["msg"]
+
+
+def test_a_failed_new_dependency_leaves_the_installed_dependent_alone(dkms):
+    dkms.register("symexport", "1.0")
+    dkms.register("symuse", "1.0", files=dependent("symuse", "1.0", ["symexport"])["files"])
+    res = run(dkms, [pkg("symexport", "2.0", c=BAD_C), dependent("symuse", "1.0", ["symexport"])])
+    p = by_name(res)["symuse"]
+    assert p["failed"] and "symuse 1.0 stays installed" in p["msg"]
+    assert p["after"] == {"1.0": "installed"}
+    assert by_name(res)["symexport"]["after"] == {"1.0": "installed"}
+    assert [c for c in dkms.commands() if "symuse" in c] == []
+
+
+def test_a_dependency_built_again_rebuilds_its_dependents(dkms):
+    packages = [pkg("symexport", "1.0"), dependent("symuse", "1.0", ["symexport"])]
+    run(dkms, packages)
+    dkms.calls.clear()
+    # converged: nothing to do for either
+    res = run(dkms, packages)
+    assert res["changed"] is False and dkms.calls == []
+    # the dependency gets new sources: the dependent is rebuilt after it
+    packages[0] = pkg("symexport", "1.0", c=GOOD_C + "/* v2 */\n")
+    plan = run(dkms, packages, check=True)
+    assert by_name(plan)["symuse"]["actions"] == ["remove 1.0", "add", "build", "install"]
+    res = run(dkms, packages)
+    assert res["failed_packages"] == []
+    assert dkms.commands() == [
+        "remove symexport/1.0",
+        "add symexport/1.0",
+        "build symexport/1.0",
+        "install symexport/1.0",
+        "remove symuse/1.0",
+        "add symuse/1.0",
+        "build symuse/1.0",
+        "install symuse/1.0",
+    ]
+    assert by_name(res)["symuse"]["changed"] is True
+
+
+def test_a_dependency_not_in_the_call_only_documents(dkms):
+    dkms.register("symexport", "1.0")
+    res = run(dkms, [dependent("symuse", "1.0", ["symexport"])])
+    assert res["failed_packages"] == []
+    assert dkms.commands() == ["add symuse/1.0", "build symuse/1.0", "install symuse/1.0"]
+
+
+def test_a_dependency_cycle_fails_before_anything_runs(dkms):
+    res = run(dkms, [pkg("a", "1.0", depends=["b"]), pkg("b", "1.0", depends=["a"])])
+    assert res["failed"] and "dependency cycle a -> b -> a" in res["msg"]
+    assert dkms.calls == []
+
+
+def test_executables_are_written_with_mode_0755(dkms):
+    package = pkg("symexport", "1.0", executables=["keep.sh"])
+    package["files"]["keep.sh"] = "#!/bin/sh\n"
+    run(dkms, [package])
+    script = dkms.src / "symexport-1.0/keep.sh"
+    assert oct(script.stat().st_mode & 0o777) == "0o755"
+    assert oct((dkms.src / "symexport-1.0/Kbuild").stat().st_mode & 0o777) == "0o644"
+    # a mode lost is put back (and the package rebuilt: dkms runs the script at build)
+    script.chmod(0o644)
+    res = run(dkms, [package])
+    assert by_name(res)["symexport"]["files_changed"] == ["keep.sh"]
+    assert oct(script.stat().st_mode & 0o777) == "0o755"
+
+
+def test_executables_must_be_among_the_files(dkms):
+    res = run(dkms, [pkg("symexport", "1.0", executables=["nope.sh"])])
+    assert res["failed"] and "executables of symexport name nope.sh" in res["msg"]
 
 
 # -- input checks ------------------------------------------------------------------------

@@ -277,3 +277,34 @@ def test_cli_report_missing_is_exit_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "no report at" in result.output
+
+
+def test_up_restarts_a_stopped_vm_with_its_own_profile(
+    lab: vms.Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vm up NAME` after `vm down NAME` needs no options: a stopped bare Secure Boot VM
+    restarts as it was (its profile, disk and variable store), not as a new lab VM."""
+    with lab.locked() as state:
+        state["sb1"] = make_vm("sb1", 40023, profile="bare", secure_boot=True)
+    asked: list[str] = []
+
+    class Img:
+        vmlinuz = Path("/cache/vmlinuz")
+
+    def require_image(profile: str) -> Img:
+        asked.append(profile)
+        return Img()
+
+    started: list[vms.Vm] = []
+    monkeypatch.setattr(vms, "require_tools", lambda *a: None)
+    monkeypatch.setattr(vms.qemu, "firmware", lambda sb: None)
+    monkeypatch.setattr(vms.qemu, "choose_accel", lambda *a: ("tcg", "test"))
+    monkeypatch.setattr(vms.image_mod, "require_image", require_image)
+    monkeypatch.setattr(vms, "_start", lambda vm, lab: started.append(vm))
+    monkeypatch.setattr(vms, "_wait_ssh", lambda vm, lab, timeout: None)
+    monkeypatch.setattr(vms, "process_alive", lambda vm, lab: False)
+    (vm,) = vms.up(lab, vms.UpRequest(names=["sb1"]), progress=lambda m: None)
+    assert asked == ["bare"] and started == [vm]
+    assert (vm.profile, vm.secure_boot, vm.ssh_port) == ("bare", True, 40023)
+    with pytest.raises(LabError, match="exists \\(profile bare\\)"):
+        vms.up(lab, vms.UpRequest(names=["sb1"], profile="lab"), progress=lambda m: None)

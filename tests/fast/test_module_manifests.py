@@ -33,6 +33,8 @@ LAB_MODULES = {
     "procfs1",
     "hello-sysfs",
     "memory",
+    "symexport",
+    "symuse",
 }
 
 # C type of each parameter type, as module_param() expects the variable.
@@ -355,6 +357,39 @@ def test_functional_steps_use_declared_paths(name: str) -> None:
             )
             if step.error is not None:
                 assert step.error in errno.errorcode.values(), f"{name}: unknown {step.error}"
+
+
+_EXPORT = re.compile(r"\bEXPORT_SYMBOL(_GPL)?\s*\(\s*(\w+)\s*\)")
+# Licences the kernel takes as GPL-compatible (include/linux/license.h)
+_GPL_COMPATIBLE = {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL"}
+
+
+def _exports(name: str) -> dict[str, bool]:
+    """Symbols a module exports -> whether for GPL-compatible modules only."""
+    return {sym: bool(gpl) for gpl, sym in _EXPORT.findall(_code(name))}
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_depends_matches_the_symbols_the_code_calls(name: str) -> None:
+    """``depends`` names exactly the modules of modules/ whose exported functions the
+    code calls; a module calling an EXPORT_SYMBOL_GPL() symbol is GPL-compatible."""
+    m = _manifest(name)
+    code = _code(name)
+    calls = {
+        other: sorted(s for s in _exports(other) if re.search(rf"\b{s}\s*\(", code))
+        for other in MODULE_NAMES
+        if other != name
+    }
+    users_of = sorted(other for other, used in calls.items() if used)
+    assert sorted(m.depends) == users_of, (
+        f"{name}: depends {m.depends}, but the code calls symbols exported by {users_of}"
+    )
+    for dep in m.depends:
+        gpl_only = [s for s in calls[dep] if _exports(dep)[s]]
+        if gpl_only:
+            assert m.license in _GPL_COMPATIBLE, (
+                f"{name}: licence {m.license!r} may not use {dep}'s GPL-only {gpl_only}"
+            )
 
 
 def test_literal_prefix() -> None:

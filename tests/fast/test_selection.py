@@ -64,10 +64,62 @@ def test_dependencies_first_and_must_be_selected(tmp_path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["depends"] = ["startstop"]
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(SelectionError, match="depends on 'startstop'; select 'startstop' too"):
+    with pytest.raises(SelectionError, match=r"depends on 'startstop' \(.*select 'startstop' too"):
         resolve(tmp_path / "modules", [{"name": "hello-2"}])
     order = [
         r["name"]
         for r in resolve(tmp_path / "modules", [{"name": "hello-2"}, {"name": "startstop"}])
     ]
     assert order.index("startstop") < order.index("hello-2")
+
+
+def test_the_symbol_pair_comes_exporter_first_and_names_its_dependents() -> None:
+    records = resolve(MODULES, [{"name": "symuse"}, {"name": "symexport"}])
+    assert [r["name"] for r in records] == ["symexport", "symuse"]
+    by_name = {r["name"]: r for r in records}
+    assert by_name["symexport"]["dependents"] == ["symuse"]
+    assert by_name["symuse"]["dependents"] == []
+    assert by_name["symuse"]["manifest"]["depends"] == ["symexport"]
+    # dependents come from the manifests, whether or not the dependent is selected
+    (alone,) = resolve(MODULES, [{"name": "symexport"}])
+    assert alone["dependents"] == ["symuse"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [{"name": "symuse"}],
+            "kmodlab_modules: module 'symuse' depends on 'symexport' (it is built against "
+            "'symexport''s exported symbols and loads after it), but select 'symexport' too",
+        ),
+        (
+            [{"name": "symuse"}, {"name": "symexport", "state": "absent"}],
+            "but it is selected with state absent: make 'symuse' absent too, or 'symexport' "
+            "present",
+        ),
+        (
+            [{"name": "symuse", "state": "config"}, {"name": "symexport", "state": "absent"}],
+            "module 'symuse' depends on 'symexport'",
+        ),
+    ],
+)
+def test_a_dependent_needs_its_dependency_selected(entries: list, message: str) -> None:
+    with pytest.raises(SelectionError) as exc:
+        resolve(MODULES, entries)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [{"name": "symuse", "state": "absent"}, {"name": "symexport", "state": "absent"}],
+        [{"name": "symuse", "state": "absent"}, {"name": "symexport"}],
+        [{"name": "symuse", "state": "absent"}],
+        [{"name": "symexport"}],
+    ],
+)
+def test_a_dependent_may_go_without_its_dependency(entries: list) -> None:
+    records = resolve(MODULES, entries)
+    names = [r["name"] for r in records]
+    assert names == sorted(names, key=["symexport", "symuse"].index)

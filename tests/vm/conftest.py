@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env
+from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, playbook
 
 from kmodlab.lab import image, inventory, vms
 from kmodlab.lab.paths import lab_dir
@@ -139,3 +139,22 @@ def converged(plain: Guest) -> Guest:
     Path(plain.lab.path / "molecule-default.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
     return plain
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    setattr(item, f"kmodlab_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def restores_lab(request: pytest.FixtureRequest, converged: Guest) -> Iterator[Guest]:
+    """The converged lab VM for a test that changes it: when the test fails halfway,
+    lab.yml converges the VM again, so that one failure does not cascade into the tests
+    after it (a test that passes leaves the lab converged itself)."""
+    yield converged
+    call = getattr(request.node, "kmodlab_call", None)
+    if call is not None and call.failed:
+        proc = playbook(converged)
+        print(f"restoring the lab after {request.node.name}: lab.yml rc={proc.returncode}")

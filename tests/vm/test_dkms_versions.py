@@ -8,10 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from vmhelpers import ROOT, Guest, playbook
 
 from kmodlab.manifest import load_manifest
+
+# A failure halfway leaves the lab converged again for the tests after it.
+pytestmark = pytest.mark.usefixtures("restores_lab")
 
 MOD = load_manifest(ROOT / "modules/hello-3")
 BUMPED = MOD.version + ".1"

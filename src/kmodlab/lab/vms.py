@@ -297,10 +297,14 @@ def _wait_ssh(vm: Vm, lab: Lab, timeout: float) -> None:
     )
 
 
+DEFAULT_PROFILE = "lab"
+
+
 @dataclass
 class UpRequest:
     names: list[str]
-    profile: str = "lab"
+    # None: a stopped VM restarts with its own profile, a new one gets DEFAULT_PROFILE.
+    profile: str | None = None
     secure_boot: bool = False
     memory: int = 2048
     cpus: int = 2
@@ -327,15 +331,21 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
         for name in req.names:
             if name in vms and process_alive(vms[name], lab):
                 raise LabError(f"VM {name!r} is already running (kmodlab vm down {name} first)")
-        img = image_mod.require_image(req.profile)
-        accel, why = qemu.choose_accel(img.vmlinuz, cache_dir())
+        profiles = {
+            name: vms[name].profile
+            if name in vms and vms[name].state != "failed"
+            else (req.profile or DEFAULT_PROFILE)
+            for name in req.names
+        }
+        images = {p: image_mod.require_image(p) for p in sorted(set(profiles.values()))}
+        accel, why = qemu.choose_accel(next(iter(images.values())).vmlinuz, cache_dir())
         progress(f"acceleration: {accel} ({why})")
         taken = {v.ssh_port for v in vms.values()}
         booting: list[Vm] = []
         for name in req.names:
             vm = vms.get(name)
             if vm is not None and vm.state != "failed":
-                if req.enroll_keys or vm.profile != req.profile:
+                if req.enroll_keys or (req.profile and vm.profile != req.profile):
                     raise LabError(
                         f"VM {name!r} exists (profile {vm.profile}); restart it as it is with "
                         f"`kmodlab vm up {name}`, or `kmodlab vm destroy {name}` first"
@@ -343,11 +353,12 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
                 vm.accel = accel
                 progress(f"{name}: restarting on its existing disk")
             else:
+                img = images[profiles[name]]
                 port = free_port(taken)
                 taken.add(port)
                 vm = Vm(
                     name=name,
-                    profile=req.profile,
+                    profile=profiles[name],
                     image=str(img.path),
                     kernel=img.kernel,
                     ssh_port=port,

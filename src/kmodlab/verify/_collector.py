@@ -14,7 +14,7 @@ need. It makes no decisions: the checks run on the controller
     commands:   {key: argv} to run (modinfo, uname)
     dkms:       {tree, names}: the dkms status entries of these packages, read from the
                 DKMS tree by kmodlab's own reader (module_utils/kmodlab_dkms_status.py,
-                put into DKMS_STATUS_SOURCE when the collector is sent); ``dkms status``
+                sent along in SHARED_SOURCES); ``dkms status``
                 itself costs 25 s for ten packages in a TCG guest
     kernel_log: true to read the kernel log (/dev/kmsg, else dmesg, else journalctl)
     functional: [{id, steps: [{op, path, data, size}]}], run after everything else:
@@ -26,23 +26,19 @@ need. It makes no decisions: the checks run on the controller
 from __future__ import annotations
 
 import base64
-import gzip
 import json
-import lzma
 import os
 import re
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 
-# Filled in by kmodlab.verify.observe.collector_source().
-DKMS_STATUS_SOURCE = ""
+# {module name: source} of the module_utils files the collector uses, filled in by
+# kmodlab.verify.observe.collector_source() when it is sent.
+SHARED_SOURCES: dict = {}
+_SHARED: dict = {}
 READ_LIMIT = 65536
-MODULE_LIMIT = 64 * 1024 * 1024
-NT_GNU_BUILD_ID = 3
-SHT_NOTE = 7
 KMSG_RECORD = re.compile(r"^(\d+),(\d+),(-?\d+),[^;]*;(.*)$")
 
 
@@ -84,68 +80,22 @@ def _list(path: str) -> list[str] | None:
         return None
 
 
-def _note_build_id(data: bytes, order: str) -> str | None:
-    """The GNU build ID in a run of ELF notes (namesz, descsz, type, name, desc)."""
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from(order + "III", data, pos)
-        pos += 12
-        name = data[pos : pos + namesz]
-        pos += (namesz + 3) & ~3
-        desc = data[pos : pos + descsz]
-        pos += (descsz + 3) & ~3
-        if ntype == NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU" and desc:
-            return desc.hex()
-    return None
-
-
-def _elf_build_id(data: bytes) -> str | None:
-    """The GNU build ID in the SHT_NOTE sections of an ELF file (32 or 64 bit)."""
-    order = "<" if data[5] == 1 else ">"
-    if data[4] == 2:
-        (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
-        shentsize, shnum = struct.unpack_from(order + "HH", data, 0x3A)
-        where, fields = 0x18, "QQ"
-    else:
-        (shoff,) = struct.unpack_from(order + "I", data, 0x20)
-        shentsize, shnum = struct.unpack_from(order + "HH", data, 0x2E)
-        where, fields = 0x10, "II"
-    for index in range(shnum):
-        header = shoff + index * shentsize
-        (sh_type,) = struct.unpack_from(order + "I", data, header + 4)
-        if sh_type != SHT_NOTE:
-            continue
-        offset, size = struct.unpack_from(order + fields, data, header + where)
-        found = _note_build_id(data[offset : offset + size], order)
-        if found:
-            return found
-    return None
+def _shared(name: str) -> dict:
+    """The namespace of a module_utils file sent along in SHARED_SOURCES."""
+    if name not in _SHARED:
+        if name not in SHARED_SOURCES:
+            raise RuntimeError(f"the collector was sent without {name}.py")
+        namespace: dict = {"__name__": name}
+        exec(compile(SHARED_SOURCES[name], f"{name}.py", "exec"), namespace)
+        _SHARED[name] = namespace
+    return _SHARED[name]
 
 
 def _build_id(path: str) -> dict:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MODULE_LIMIT)
-        if path.endswith(".xz"):
-            data = lzma.decompress(data)
-        elif path.endswith(".gz"):
-            data = gzip.decompress(data)
-        elif path.endswith(".zst"):
-            return {"ok": False, "error": "zstd-compressed: not read"}
-    except OSError as exc:
-        return {"ok": False, "error": exc.strerror or str(exc)}
-    except (lzma.LZMAError, EOFError) as exc:
-        return {"ok": False, "error": f"cannot decompress: {exc}"}
-    try:
-        if data[:4] == b"\x7fELF":
-            found = _elf_build_id(data)
-        else:
-            found = _note_build_id(data, "<" if sys.byteorder == "little" else ">")
-    except (struct.error, IndexError) as exc:
-        return {"ok": False, "error": f"not a valid ELF file or note: {exc}"}
-    if found is None:
-        return {"ok": False, "error": "no GNU build ID note"}
-    return {"ok": True, "build_id": found}
+        return _shared("kmodlab_buildid")["build_id"](path)
+    except Exception as exc:  # report it as a check failure, not a crash
+        return {"ok": False, "error": f"reading the build ID failed: {exc!r}"}
 
 
 def _run(argv: list[str], binary: bool = False) -> dict:
@@ -237,12 +187,8 @@ def _functional(checks: list[dict]) -> dict:
 
 
 def _dkms(request: dict) -> dict:
-    if not DKMS_STATUS_SOURCE:
-        return {"error": "the collector was sent without the DKMS tree reader"}
-    reader: dict = {}
     try:
-        exec(compile(DKMS_STATUS_SOURCE, "kmodlab_dkms_status.py", "exec"), reader)
-        entries = reader["read_tree"](request["tree"], request["names"])
+        entries = _shared("kmodlab_dkms_status")["read_tree"](request["tree"], request["names"])
     except Exception as exc:  # report it as a check failure, not a crash
         return {"error": f"reading {request['tree']} failed: {exc!r}"}
     return {"entries": entries}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from kmodlab.verify.expectations import Expectation
 
 COLLECTOR = Path(__file__).with_name("_collector.py")
 # The DKMS tree reader the kmodlab_dkms Ansible module uses, sent inside the collector.
-DKMS_STATUS = Path(__file__).parents[1] / "ansible/module_utils/kmodlab_dkms_status.py"
+MODULE_UTILS = Path(__file__).parents[1] / "ansible/module_utils"
+# The module_utils files the collector runs on the host (one reader per fact, shared
+# with the Ansible modules).
+SHARED = ("kmodlab_dkms_status", "kmodlab_buildid")
 DKMS_TREE = "/var/lib/dkms"
 SOURCE_ROOT = "/usr/src"
 INSTALL_DIR = "/lib/modules/{kernel}/updates/dkms"
@@ -36,8 +40,56 @@ _WRAPPER = (
 )
 
 
+# A failure message that starts with exactly this says that the host could not be
+# reached at all (SSH failed), not that a check failed: the report shows the host as
+# unreachable.
+UNREACHABLE = "unreachable: "
+# ssh's stderr lines that say nothing about a failure.
+_SSH_NOISE = re.compile(r"^(Warning: Permanently added |debug\d: )")
+_ANSIBLE_MSG = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
+
+
 class CollectError(RuntimeError):
     """The collector could not run on the host; the message has its output."""
+
+
+class HostUnreachable(CollectError):
+    """SSH could not reach the host (refused, timed out, key rejected, connection
+    dropped); the message is ssh's own reason."""
+
+
+def ssh_failure(value: Any) -> str | None:
+    """ssh's reason when ``value`` (a testinfra CommandResult, or what testinfra raised)
+    says that the connection failed, else None.
+
+    ssh exits with 255 when it fails itself, and testinfra's ssh backend then raises
+    ``RuntimeError(result)``; its ansible backend (``force_ansible``) fails on Ansible's
+    ``UNREACHABLE!`` answer."""
+    result = value.args[0] if isinstance(value, BaseException) and value.args else value
+    if getattr(result, "exit_status", None) == 255:
+        lines = [
+            line.strip()
+            for line in str(getattr(result, "stderr", "") or "").splitlines()
+            if line.strip() and not _SSH_NOISE.match(line.strip())
+        ]
+        return "; ".join(lines[-2:]) or "ssh exited with status 255 and said nothing"
+    if isinstance(value, BaseException) and "UNREACHABLE!" in str(value):
+        match = _ANSIBLE_MSG.search(str(value))
+        return match.group(1) if match else "Ansible reports it UNREACHABLE"
+    return None
+
+
+def reach(host: Any) -> str | None:
+    """Why ``host`` (a testinfra Host) cannot be reached over SSH, or None when it runs
+    a command. Other errors (an inventory that does not parse) are raised."""
+    try:
+        result = host.run("true")
+    except Exception as exc:
+        reason = ssh_failure(exc)
+        if reason is None:
+            raise
+        return reason
+    return ssh_failure(result)
 
 
 def sys_module(record: dict[str, Any]) -> str:
@@ -208,18 +260,28 @@ class Observation:
 
 
 def collector_source() -> str:
-    """The collector, with the DKMS tree reader's source in its ``DKMS_STATUS_SOURCE``."""
+    """The collector, with the sources of the module_utils it uses in ``SHARED_SOURCES``."""
     source = COLLECTOR.read_text()
-    marker = 'DKMS_STATUS_SOURCE = ""'
+    marker = "SHARED_SOURCES: dict = {}"
     if marker not in source:
         raise RuntimeError(f"{COLLECTOR} lacks the line {marker}")
-    return source.replace(marker, f"DKMS_STATUS_SOURCE = {DKMS_STATUS.read_text()!r}", 1)
+    shared = {name: (MODULE_UTILS / f"{name}.py").read_text() for name in SHARED}
+    return source.replace(marker, f"SHARED_SOURCES: dict = {shared!r}", 1)
 
 
 def observe(host: Any, expectation: Expectation) -> Observation:
     """Run the collector on ``host`` (a testinfra Host) for ``expectation``."""
     request = json.dumps(build_request(expectation), separators=(",", ":"))
-    result = host.run("sh -c %s kmodlab-verify %s %s", _WRAPPER, collector_source(), request)
+    try:
+        result = host.run("sh -c %s kmodlab-verify %s %s", _WRAPPER, collector_source(), request)
+    except Exception as exc:
+        reason = ssh_failure(exc)
+        if reason is None:
+            raise
+        raise HostUnreachable(reason) from None
+    reason = ssh_failure(result)
+    if reason is not None:
+        raise HostUnreachable(reason)
     if result.rc != 0:
         raise CollectError(
             f"the verify collector failed on {expectation.host} (rc {result.rc}): "

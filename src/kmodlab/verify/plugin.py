@@ -3,9 +3,11 @@
 Loaded with ``-p kmodlab.verify.plugin`` (what ``python -m kmodlab.verify`` does), or
 through the suite's ``pytest_plugins`` when a test file imports the suite (molecule).
 It adds ``--kmodlab-expectations`` and ``--kmodlab-report-dir`` (or the environment
-variables KMODLAB_VERIFY_EXPECTATIONS / KMODLAB_VERIFY_REPORT_DIR), folds every test
-outcome of the suite into the report, prints the table at the end of the run and
-writes report.json and report.txt into the report folder when one is given.
+variables KMODLAB_VERIFY_EXPECTATIONS / KMODLAB_VERIFY_REPORT_DIR) and
+``--kmodlab-dropped`` (hosts that left the play before the suite ran: each is probed and
+reported, never left out), folds every test outcome of the suite into the report,
+prints the table at the end of the run and writes report.json and report.txt into the
+report folder when one is given.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from kmodlab.verify import report as _report
 from kmodlab.verify.checks import NOT_OBSERVABLE
 from kmodlab.verify.expectations import ENV_EXPECTATIONS, ENV_REPORT_DIR, Case
+from kmodlab.verify.observe import UNREACHABLE
 
 _KEY = "kmodlab"
 
@@ -35,6 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="kmodlab_report_dir",
         default=None,
         help=f"write report.json and report.txt here (default: ${ENV_REPORT_DIR})",
+    )
+    group.addoption(
+        "--kmodlab-dropped",
+        dest="kmodlab_dropped",
+        default="",
+        help="comma-separated hosts that left the play before the suite ran (kmod_verify "
+        "passes them): each is probed over SSH and reported as unreachable, or as failed",
     )
 
 
@@ -99,6 +109,8 @@ class ReportPlugin:
                 outcome, message = "unobservable", reason[len(NOT_OBSERVABLE) :]
         elif outcome == "fail":
             message = _message(report)
+            if message.startswith(UNREACHABLE):
+                outcome, message = "unreachable", message[len(UNREACHABLE) :]
         _report.add_result(self.report, meta, outcome, message)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -9,15 +9,17 @@ report.json (schema 1; roles/kmod_verify/README.md documents it too)::
 
     {"schema": 1, "created": "...", "exitstatus": 1,
      "summary": {"passed": 40, "failed": 2, "skipped": 0, "unobservable": 1,
+                 "unreachable": 0, "unreachable_hosts": [],
                  "text": "...", "lines": ["host/module [stage] test: problem", ...]},
-     "hosts": [{"host": "lab1", "kernel": "...", "problems": ["..."],
+     "hosts": [{"host": "lab1", "kernel": "...", "outcome": "fail",
+                "unreachable": null, "problems": ["..."],
                 "checks": [<the host's checks: test_host>],
                 "modules": [{"name": "hello-5", "version": "1.0.0", "state": "present",
                              "stages": {"built": "pass", "installed": "pass",
                                         "loaded": "pass", "params": "fail",
                                         "verified": "pass"},
                              "counts": {"total": 11, "pass": 9, "fail": 1, "skip": 0,
-                                        "unobservable": 1},
+                                        "unobservable": 1, "unreachable": 0},
                              "checks": [{"kind": "params", "test": "test_params",
                                          "name": null, "id": "lab1/hello-5",
                                          "stage": "params", "outcome": "fail",
@@ -27,13 +29,20 @@ report.json (schema 1; roles/kmod_verify/README.md documents it too)::
 
 Every test of the suite that ran is one entry of its module's (or host's) ``checks``,
 with its final outcome: "pass", "fail" (failed or errored), "skip" (skipped by
-pytest) or "unobservable" (the fact cannot be seen on the host: neither passed nor
-failed, the exit status stays 0). ``kind`` is the test's name without ``test_``;
-``name`` the functional check's name for ``kind`` "functional", else null.
-``counts`` counts ``checks`` by outcome. A stage is "fail" when one of its tests
-failed, else "unobservable" when one was, else "pass" when one passed, "skip" when
-they were all skipped, "n/a" when no test belongs to it (e.g. built for an absent
-module).
+pytest), "unobservable" (the fact cannot be seen on the host: neither passed nor
+failed, the exit status stays 0) or "unreachable" (SSH could not reach the host, so
+nothing was seen: the pytest test failed, with a message starting with
+``observe.UNREACHABLE``). ``kind`` is the test's name without ``test_``; ``name`` the
+functional check's name for ``kind`` "functional", else null. ``counts`` counts
+``checks`` by outcome. A stage is "fail" when one of its tests failed, else
+"unreachable", "unobservable", "pass" when one of its tests had that outcome (in that
+order), "skip" when they were all skipped, "n/a" when no test belongs to it (e.g.
+built for an absent module).
+
+A host's ``outcome`` is "unreachable" when SSH could not reach it (``unreachable``
+then holds ssh's reason; a host dropped from the play before the suite ran is probed
+and reported so too), else "fail" when one of its checks failed, else "pass".
+``summary.unreachable_hosts`` lists the unreachable hosts.
 """
 
 from __future__ import annotations
@@ -52,18 +61,32 @@ from rich.text import Text
 
 SCHEMA = 1
 STAGES = ("built", "installed", "loaded", "params", "verified")
-OUTCOMES = ("pass", "fail", "skip", "unobservable")
-_RANK = {"n/a": 0, "skip": 1, "pass": 2, "unobservable": 3, "fail": 4}
+OUTCOMES = ("pass", "fail", "skip", "unobservable", "unreachable")
+_RANK = {"n/a": 0, "skip": 1, "pass": 2, "unobservable": 3, "unreachable": 4, "fail": 5}
 _STYLE = {
     "pass": "green",
     "fail": "bold red",
     "skip": "yellow",
     "unobservable": "magenta",
+    "unreachable": "bold red",
     "n/a": "dim",
 }
-_LABEL = {"pass": "ok", "fail": "FAIL", "skip": "skip", "unobservable": "not obs", "n/a": "-"}
+_LABEL = {
+    "pass": "ok",
+    "fail": "FAIL",
+    "skip": "skip",
+    "unobservable": "not obs",
+    "unreachable": "UNREACH",
+    "n/a": "-",
+}
 _ORIGIN = re.compile(r"^\S+ test_[a-z_]+: ")
-_COUNTER = {"pass": "passed", "fail": "failed", "skip": "skipped", "unobservable": "unobservable"}
+_COUNTER = {
+    "pass": "passed",
+    "fail": "failed",
+    "skip": "skipped",
+    "unobservable": "unobservable",
+    "unreachable": "unreachable",
+}
 
 
 def new_report() -> dict[str, Any]:
@@ -76,6 +99,8 @@ def new_report() -> dict[str, Any]:
             "failed": 0,
             "skipped": 0,
             "unobservable": 0,
+            "unreachable": 0,
+            "unreachable_hosts": [],
             "text": "",
             "lines": [],
         },
@@ -87,7 +112,15 @@ def _host(report: dict[str, Any], name: str) -> dict[str, Any]:
     for entry in report["hosts"]:
         if entry["host"] == name:
             return entry
-    entry = {"host": name, "kernel": None, "problems": [], "checks": [], "modules": []}
+    entry = {
+        "host": name,
+        "kernel": None,
+        "outcome": None,
+        "unreachable": None,
+        "problems": [],
+        "checks": [],
+        "modules": [],
+    }
     report["hosts"].append(entry)
     return entry
 
@@ -152,13 +185,16 @@ def _record_check(
 def add_result(
     report: dict[str, Any], meta: dict[str, Any], outcome: str, message: str | None
 ) -> None:
-    """Fold one test outcome ("pass", "fail", "skip", "unobservable") into the report.
+    """Fold one test outcome ("pass", "fail", "skip", "unobservable", "unreachable")
+    into the report.
 
     A test reported again (a teardown error after its call) counts once, with its
-    worst outcome."""
+    worst outcome. The first "unreachable" of a host gives its reason."""
     host = _host(report, meta["host"])
     if meta.get("kernel"):
         host["kernel"] = meta["kernel"]
+    if outcome == "unreachable" and not host.get("unreachable"):
+        host["unreachable"] = _first_line(message or "") or "SSH could not reach the host"
     if meta.get("module") is None:
         if _record_check(report, host, meta, outcome, message) and outcome == "fail":
             host["problems"].append(message or meta["test"])
@@ -184,14 +220,19 @@ def finish(report: dict[str, Any], exitstatus: int) -> dict[str, Any]:
         host.get("checks", []).sort(key=_order)
         for mod in host["modules"]:
             mod["checks"].sort(key=_order)
+    for host in report["hosts"]:
+        failed = host.get("problems") or any(m["failures"] for m in host["modules"])
+        host["outcome"] = "unreachable" if host.get("unreachable") else "fail" if failed else "pass"
     s = report["summary"]
+    s["unreachable_hosts"] = [h["host"] for h in report["hosts"] if h["outcome"] == "unreachable"]
+    gone = f"; unreachable: {', '.join(s['unreachable_hosts'])}" if s["unreachable_hosts"] else ""
     broken = [
         f"{h['host']}/{m['name']} ({', '.join(k for k, v in m['stages'].items() if v == 'fail')})"
         for h in report["hosts"]
         for m in h["modules"]
         if m["failures"]
     ] + [f"{h['host']} (host)" for h in report["hosts"] if h["problems"]]
-    s["text"] = _counts_text(s) + (f"; failing: {', '.join(broken)}" if broken else "")
+    s["text"] = _counts_text(s) + gone + (f"; failing: {', '.join(broken)}" if broken else "")
     s["lines"] = failure_lines(report)
     return report
 
@@ -202,13 +243,21 @@ def _counts_text(summary: dict[str, Any]) -> str:
         f"{summary.get('skipped', 0)} skipped"
     )
     unobservable = summary.get("unobservable", 0)
-    return text + (f", {unobservable} not observable" if unobservable else "")
+    unreachable = summary.get("unreachable", 0)
+    return (
+        text
+        + (f", {unobservable} not observable" if unobservable else "")
+        + (f", {unreachable} unreachable" if unreachable else "")
+    )
 
 
 def failure_lines(report: dict[str, Any]) -> list[str]:
-    """One line per failure: ``host/module [stage] test: first problem``."""
+    """One line per failure: ``host: unreachable: why`` for a host SSH could not reach,
+    ``host/module [stage] test: first problem`` for a failed check."""
     lines = []
     for host in report.get("hosts", []):
+        if host.get("unreachable"):
+            lines.append(f"{host['host']}: unreachable: {host['unreachable']}")
         for problem in host.get("problems", []):
             lines.append(f"{host['host']}: {_first_line(problem)}")
         for mod in host.get("modules", []):
@@ -264,6 +313,7 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     summary = report.get("summary", {})
     failed = summary.get("failed", 0)
     unobservable = summary.get("unobservable", 0)
+    unreachable = summary.get("unreachable", 0)
     title = Text.assemble(
         ("kmodlab verify: ", "bold"),
         (f"{summary.get('passed', 0)} passed", "green"),
@@ -271,6 +321,7 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
         (f"{failed} failed", "bold red" if failed else "green"),
         f", {summary.get('skipped', 0)} skipped",
         (f", {unobservable} not observable", _STYLE["unobservable"]) if unobservable else "",
+        (f", {unreachable} unreachable", _STYLE["unreachable"]) if unreachable else "",
     )
     table = Table(
         title=title, box=box.ASCII if ascii_only else box.SIMPLE_HEAD, title_justify="left"
@@ -282,13 +333,16 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     for stage in STAGES:
         table.add_column(stage, justify="center")
     for host in report.get("hosts", []):
-        if host.get("problems"):
+        outcome = (
+            "unreachable" if host.get("unreachable") else "fail" if host.get("problems") else ""
+        )
+        if outcome:
             table.add_row(
                 host["host"],
                 Text("(host)", style="italic"),
                 "",
                 "",
-                *[Text("FAIL", style=_STYLE["fail"]) for _ in STAGES],
+                *[Text(_LABEL[outcome], style=_STYLE[outcome]) for _ in STAGES],
             )
         for mod in host.get("modules", []):
             cells = [

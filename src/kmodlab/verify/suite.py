@@ -30,7 +30,11 @@ vanish from a passing run.
 
 Hosts come from testinfra's options (``--hosts``, ``--connection``,
 ``--ansible-inventory``, ``--sudo``...), as for any testinfra test; the checks run as
-root (directly, under ``--sudo``, or through passwordless ``sudo -n``).
+root (directly, under ``--sudo``, or through passwordless ``sudo -n``). A host SSH cannot
+reach fails every one of its tests as "unreachable" (a message starting with
+``observe.UNREACHABLE``). Each host of ``--kmodlab-dropped`` (hosts that left the play
+before the suite ran) gets one ``test_host`` case that probes it over SSH: unreachable,
+or failed (a task failed on it earlier), never left out.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import testinfra
 
 from kmodlab.verify import checks
 from kmodlab.verify.expectations import Case, build_cases, resolve_directory
-from kmodlab.verify.observe import Observation, observe
+from kmodlab.verify.observe import UNREACHABLE, HostUnreachable, Observation, observe, reach
 
 pytest_plugins = ["kmodlab.verify.plugin"]
 
@@ -85,7 +89,7 @@ _TESTINFRA_OPTIONS = (
     "ansible_inventory",
     "force_ansible",
 )
-_OBSERVED: dict[tuple[str, str], Observation | str] = {}
+_OBSERVED: dict[tuple[str, str], Observation | HostUnreachable | str] = {}
 # (test, case id) -> why the test runs for a case it should not, or should but was not
 # selected for; set while generating the tests, raised when the test runs.
 _MISMATCH: dict[tuple[str, str], str] = {}
@@ -173,6 +177,12 @@ def _hosts(config: pytest.Config, module: Any) -> tuple[list[tuple[str, Any]], s
         specs = module.testinfra_hosts
     else:
         specs = [None]
+    return _resolve(config, specs)
+
+
+def _resolve(config: pytest.Config, specs: list[Any]) -> tuple[list[tuple[str, Any]], str | None]:
+    """testinfra hosts of ``specs``, with testinfra's options; or why they cannot be had."""
+    option = config.option
     _ansible_on_path()
     kwargs = {name: getattr(option, name, None) for name in _TESTINFRA_OPTIONS}
     kwargs["sudo"] = bool(kwargs["sudo"])
@@ -193,8 +203,30 @@ def _cases(config: pytest.Config, module: Any) -> list[Case]:
         )
         hosts, error = _hosts(config, module)
         cached = build_cases(hosts, directory, error)
+        cached += _dropped_cases(config, {case.host_name for case in cached})
         config._kmodlab_cases = cached  # type: ignore[attr-defined]
     return cached
+
+
+def _dropped_cases(config: pytest.Config, known: set[str]) -> list[Case]:
+    """One host case per host of ``--kmodlab-dropped`` (not verified otherwise)."""
+    names = str(config.getoption("kmodlab_dropped", None) or "").split(",")
+    cases = []
+    for name in dict.fromkeys(n.strip() for n in names):
+        if not name or name in known:
+            continue
+        hosts, error = _resolve(config, [f"ansible://{name}"])
+        host = hosts[0][1] if hosts else None
+        cases.append(
+            Case(
+                kind="host",
+                host_name=name,
+                host=host,
+                error=error or (None if host else "the inventory does not list it"),
+                extra={"dropped": True},
+            )
+        )
+    return cases
 
 
 def _applies(spec: dict[str, Any], case: Case) -> bool:
@@ -280,6 +312,18 @@ def _fail(case: Case, text: str) -> NoReturn:
     pytest.fail(f"{case.id} {_RUNNING.get()}: {text}", pytrace=False)
 
 
+def _unreachable(case: Case, text: str) -> NoReturn:
+    """Fail as "unreachable": ``unreachable: HOST/MODULE test_NAME: text``."""
+    pytest.fail(f"{UNREACHABLE}{case.id} {_RUNNING.get()}: {text}", pytrace=False)
+
+
+def _unreachable_fix(name: str) -> str:
+    return (
+        f"check that {name} is up and that its inventory entry (address, port, user, key) "
+        f"is right (ansible {name} -m ansible.builtin.ping), then re-run"
+    )
+
+
 def _observation(case: Case) -> Observation:
     if case.error is not None or case.expectation is None:
         _fail(case, case.error or "no expectation")
@@ -287,12 +331,41 @@ def _observation(case: Case) -> Observation:
     if key not in _OBSERVED:
         try:
             _OBSERVED[key] = observe(case.host, case.expectation)
-        except Exception as exc:  # SSH down, collector crash: every test of the host fails
+        except HostUnreachable as exc:  # every test of the host is unreachable
+            _OBSERVED[key] = exc
+        except Exception as exc:  # collector crash: every test of the host fails
             _OBSERVED[key] = f"cannot observe {case.host_name}: {type(exc).__name__}: {exc}"
     value = _OBSERVED[key]
+    if isinstance(value, HostUnreachable):
+        _unreachable(
+            case,
+            f"{case.host_name} cannot be reached over SSH ({value}): "
+            + _unreachable_fix(case.host_name),
+        )
     if isinstance(value, str):
         _fail(case, value)
     return value
+
+
+def _dropped(case: Case) -> NoReturn:
+    """A host that left the play before the suite ran: unreachable, or failed earlier."""
+    name = case.host_name
+    left = f"{name} left the play before kmod_verify"
+    if case.host is None:
+        _fail(case, f"{left}, and it cannot be probed: {case.error}")
+    try:
+        reason = reach(case.host)
+    except Exception as exc:
+        _fail(case, f"{left}, and probing it failed: {type(exc).__name__}: {exc}")
+    if reason is not None:
+        _unreachable(
+            case, f"{left} and cannot be reached over SSH ({reason}): " + _unreachable_fix(name)
+        )
+    _fail(
+        case,
+        f"{left} (a task failed on it, or it could not be reached then: see the play "
+        "output), so nothing was verified on it: fix that and re-run",
+    )
 
 
 def _verdict(case: Case, problems: list[str], obs: Observation) -> None:
@@ -328,6 +401,8 @@ def _module(case: Case, func: Callable[[dict[str, Any], Observation, str], list[
 @check("host", kind="host")
 def test_host(kmodlab_case: Case) -> None:
     """The expectation file exists and the host runs the kernel it was rendered for."""
+    if kmodlab_case.extra.get("dropped"):
+        _dropped(kmodlab_case)
     obs = _observation(kmodlab_case)
     assert kmodlab_case.expectation is not None
     _verdict(kmodlab_case, checks.host(kmodlab_case.expectation.kernel, obs), obs)

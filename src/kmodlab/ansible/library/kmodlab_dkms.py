@@ -18,6 +18,12 @@ Concurrency, reasoned rather than measured:
   the main thread, package after package, and each build is handed to the pool as soon as
   its package is prepared, so they overlap with the first builds. ``dkms add`` only
   writes ``$dkms_tree/NAME/VERSION``, which no running build touches.
+* A package that depends on others of the call (``packages[].depends``, its
+  ``BUILD_DEPENDS``) links against their exported symbols: its build reads their
+  ``Module.symvers`` from the DKMS tree of the version installed for the kernel. So it
+  is prepared and built only once they are built *and installed*, and not at all when
+  one of them failed (its previous build then stays as it was). Independent packages
+  still build concurrently.
 * ``dkms install`` steps run one at a time, with ``--no-depmod``: each would otherwise run
   ``depmod -a`` (tens of seconds in a TCG guest), and concurrent depmods rewrite the same
   ``modules.dep``. One ``depmod -a KERNEL`` runs at the end. Installs start as soon as
@@ -63,6 +69,12 @@ description:
     own C(/var/lib/dkms/NAME/VERSION/build) folder). When the signing key that dkms would
     generate on its first build is still missing, the first build runs alone so two builds
     cannot race to create it.
+  - A package with O(packages[].depends) (the C(BUILD_DEPENDS) of its C(dkms.conf)) builds
+    against the symbols the packages it names export. It is prepared and built only after
+    those of them in O(packages) are built and installed for the kernel, and it is not
+    built when one of them failed (its earlier build, if any, is left as it was). When a
+    package is built again, the installed or built packages that depend on it are rebuilt
+    too, since their build recorded the symbols' CRCs of the old one.
   - Installs run one at a time with C(--no-depmod), and C(depmod) runs once per affected
     kernel at the end, instead of once per package (in a TCG guest each depmod costs tens
     of seconds, and concurrent depmods would write the same C(modules.dep)).
@@ -75,7 +87,9 @@ description:
     RV(failed_packages) so a role can record the failure and carry on with the good ones.
   - A version this run added and then failed to build or install is removed from DKMS
     again (O(cleanup_failed)), so a later kernel upgrade's C(dkms autoinstall) does not trip
-    over it. Its sources stay in O(source_root) for debugging.
+    over it. Its sources stay in O(source_root) for debugging, unless the failure was a
+    full disk (C(No space left on device)), in which case the source folder this run
+    created goes too (nothing to debug in it, and it takes space on the full filesystem).
   - O(packages[].state=absent) removes every registered version of the package from DKMS
     (all kernels) and deletes their source folders.
   - Optionally records what is deployed in a static local fact (JSON).
@@ -118,6 +132,24 @@ options:
           - Files whose content already matches are not touched; other files in the folder
             are left alone. Omit to use whatever is in the folder.
         type: dict
+      executables:
+        description:
+          - Names in O(packages[].files) to write with mode 0755 instead of 0644, such as a
+            C(POST_BUILD) script of C(dkms.conf) (dkms runs it only when it is executable).
+          - A file whose content matches but whose mode is not 0755 is written again.
+        type: list
+        elements: str
+        default: []
+      depends:
+        description:
+          - Names of the packages this one builds against (the C(BUILD_DEPENDS) of its
+            C(dkms.conf)). Those of them in O(packages) are built and installed first; when
+            one of them fails, this one is not built; when one of them is built again, this
+            one is rebuilt too.
+          - Names not in O(packages) only document the dependency; a cycle fails the call.
+        type: list
+        elements: str
+        default: []
   kernel:
     description: Kernel release to build and install for; defaults to the running kernel.
     type: str
@@ -130,7 +162,9 @@ options:
     type: int
     default: 40
   cleanup_failed:
-    description: Remove from DKMS a version that this run added but could not build or install.
+    description:
+      - Remove from DKMS a version that this run added but could not build or install.
+      - After a full disk, also delete the source folder this run created for it.
     type: bool
     default: true
   fact_path:
@@ -181,6 +215,15 @@ EXAMPLES = r"""
         version: "0.3"
     fact_path: /etc/ansible/facts.d/kmodlab_dkms_module.fact
   register: dkms_run
+
+- name: Build a package that calls a function another one exports, after that one
+  kmodlab_dkms:
+    packages:
+      - name: symexport
+        version: "1.0.0"
+      - name: symuse
+        version: "1.0.0"
+        depends: [symexport]
 
 - name: Remove a package from DKMS entirely
   kmodlab_dkms:
@@ -323,13 +366,14 @@ fact_changed:
   type: bool
 """
 
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.kmodlab_dkms_status import (
@@ -355,6 +399,8 @@ ARGUMENT_SPEC = dict(
             state=dict(type="str", default="present", choices=["present", "absent"]),
             source_path=dict(type="path"),
             files=dict(type="dict"),
+            executables=dict(type="list", elements="str", default=[]),
+            depends=dict(type="list", elements="str", default=[]),
         ),
     ),
     kernel=dict(type="str"),
@@ -377,8 +423,15 @@ DIGEST_FILE = "kmodlab-source.sha256"
 C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LC_MESSAGES": "C"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+~-]*$")
 _OUTPUT_LINES = 40
+# strerror(ENOSPC) as dkms, make and gcc print it (they run in the C locale).
+_ENOSPC = "No space left on device"
 _SIGNING_SETTING = re.compile(r"""^\s*(mok_signing_key|mok_certificate)=["']?([^"'\s]+)""")
 _PACKAGE_NAME = re.compile(r"""^\s*PACKAGE_NAME=["']?([^"'\s]+)""", re.MULTILINE)
+
+
+def _disk_full(*texts):
+    """Whether a failure's texts (strings or lists of lines) say a filesystem was full."""
+    return any(_ENOSPC in (t if isinstance(t, str) else "\n".join(t or [])) for t in texts)
 
 
 def _package_name(conf):
@@ -398,6 +451,8 @@ class Package:
             source_root, "%s-%s" % (self.name, self.version)
         )
         self.files = spec["files"]
+        self.executables = set(spec.get("executables") or [])
+        self.depends = list(spec.get("depends") or [])
         self.before = {}
         self.after = {}
         self.entry = None
@@ -416,6 +471,7 @@ class Package:
         self.added_now = False
         self.adopt_digest = False
         self.timing = {}
+        self.created_source = False
 
     @property
     def failed(self):
@@ -575,6 +631,42 @@ class Dkms:
                     self.module.fail_json(
                         msg="packages: content of %s/%s must be text" % (p.name, rel)
                     )
+            unknown = sorted(p.executables - set(p.files or {}))
+            if unknown:
+                self.module.fail_json(
+                    msg="packages: executables of %s name %s, which its files do not have"
+                    % (p.name, ", ".join(unknown))
+                )
+        self.order = self.dependency_order()
+
+    def dependency_order(self):
+        """The packages with each after those of the call it depends on (stable)."""
+        by_name = {p.name: p for p in self.packages}
+        order, visiting = [], []
+
+        def visit(p):
+            if p in order:
+                return
+            if p in visiting:
+                cycle = [*visiting[visiting.index(p) :], p]
+                self.module.fail_json(
+                    msg="packages: dependency cycle %s; a package cannot depend on itself, "
+                    "even through others" % " -> ".join(q.name for q in cycle)
+                )
+            visiting.append(p)
+            for name in p.depends:
+                if name in by_name:
+                    visit(by_name[name])
+            visiting.pop()
+            order.append(p)
+
+        for p in self.packages:
+            visit(p)
+        return order
+
+    def dependencies(self, p):
+        """The packages of the call that ``p`` depends on and that are to be present."""
+        return [q for q in self.order if q.name in p.depends and q.state == "present"]
 
     # -- planning ---------------------------------------------------------------------
 
@@ -585,9 +677,11 @@ class Dkms:
             try:
                 with open(dest, "rb") as handle:
                     current = handle.read()
+                mode_ok = (os.stat(dest).st_mode & 0o777) == self.file_mode(p, rel)
             except (IOError, OSError):
                 current = None
-            if current != wanted:
+                mode_ok = False
+            if current != wanted or (rel in p.executables and not mode_ok):
                 p.files_changed.append(rel)
                 p.file_diffs.append(
                     {
@@ -597,6 +691,10 @@ class Dkms:
                         "after": p.files[rel],
                     }
                 )
+
+    @staticmethod
+    def file_mode(p, rel):
+        return 0o755 if rel in p.executables else 0o644
 
     def digest_path(self, p):
         arch = (p.entry or {}).get("arch") or self.arch
@@ -673,6 +771,14 @@ class Dkms:
                     p.adopt_digest = True
                 elif recorded != digest:
                     p.rebuild_reason = "its sources changed since it was built"
+            if p.rebuild_reason is None and os.path.isdir(p.source_path):
+                # Its build recorded the CRCs of the symbols it uses from the old build.
+                rebuilt = [q.name for q in self.dependencies(p) if q.has("build")]
+                if rebuilt:
+                    p.rebuild_reason = "%s, which it depends on, is built again" % ", ".join(
+                        rebuilt
+                    )
+                    p.adopt_digest = False
         if p.rebuild_reason:
             p.steps.append("remove %s" % p.version)
             current = None
@@ -708,6 +814,7 @@ class Dkms:
     # -- acting -----------------------------------------------------------------------
 
     def write_files(self, p):
+        p.created_source = not os.path.lexists(p.source_path)
         try:
             for rel in p.files_changed:
                 dest = os.path.join(p.source_path, rel)
@@ -717,13 +824,22 @@ class Dkms:
                 fd, tmp = tempfile.mkstemp(prefix=".kmodlab-", dir=folder)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(p.files[rel].encode("utf-8"))
-                os.chmod(tmp, 0o644)
+                os.chmod(tmp, self.file_mode(p, rel))
                 self.module.atomic_move(tmp, dest)
+                # atomic_move gives a new file the umask's mode and an old one its own
+                os.chmod(dest, self.file_mode(p, rel))
         except (IOError, OSError) as exc:
             p.fail(
                 "sources",
-                "could not write the sources of %s to %s: %s; check that the folder is "
-                "writable (the module needs root)" % (p.name, p.source_path, exc),
+                "could not write the sources of %s to %s: %s; %s"
+                % (
+                    p.name,
+                    p.source_path,
+                    exc,
+                    self.disk_full_fix()
+                    if exc.errno == errno.ENOSPC
+                    else "check that the folder is writable (the module needs root)",
+                ),
             )
             return False
         p.done.append("sources")
@@ -810,13 +926,15 @@ class Dkms:
                 log_tail = tail((out or "") + "\n" + (err or ""), self.log_lines)
             p.fail(
                 "build",
-                "'dkms build -m %s -v %s -k %s' failed (rc=%d): fix the module's sources "
-                "(see log_tail)%s%s"
+                "'dkms build -m %s -v %s -k %s' failed (rc=%d): %s (see log_tail)%s%s"
                 % (
                     p.name,
                     p.version,
                     p.kernel,
                     rc,
+                    _ENOSPC + ": " + self.disk_full_fix()
+                    if _disk_full(log_tail, out, err)
+                    else "fix the module's sources",
                     "; the full log was %s" % log_path if log_path else "",
                     self.rebuild_note(p),
                 ),
@@ -834,6 +952,8 @@ class Dkms:
     @staticmethod
     def rebuild_note(p):
         if p.rebuild_reason and p.before.get(p.version) == "installed":
+            if "which it depends on" in p.rebuild_reason:
+                return ". Its installed build was removed first because %s" % p.rebuild_reason
             return (
                 ". Its installed build was removed first because %s without a new version: "
                 "give the module a new version to keep the old build until the new one "
@@ -913,21 +1033,35 @@ class Dkms:
         for version in p.stale:
             self.delete_source(p, version)
 
+    def disk_full_fix(self):
+        """What to do when dkms, make or this module found a filesystem full."""
+        where = "%s %s /tmp" % (self.dkms_tree, self.source_root)
+        return "the disk is full: free space on it (df -h %s) and re-run" % where
+
     def cleanup(self, p):
-        """Remove a version this run added but could not build or install."""
-        if not (self.params["cleanup_failed"] and p.added_now and p.failure):
+        """Remove a version this run added but could not build or install; after a full
+        disk, also the source folder this run created for it."""
+        if not (self.params["cleanup_failed"] and p.failure):
             return
-        if p.failure["step"] not in ("build", "install"):
-            return
-        rc, _out, err = self.dkms("remove", "-m", p.name, "-v", p.version, "--all", "--no-depmod")
-        if rc == 0:
+        if p.added_now and p.failure["step"] in ("build", "install"):
+            rc, _out, err = self.dkms(
+                "remove", "-m", p.name, "-v", p.version, "--all", "--no-depmod"
+            )
+            if rc != 0:
+                self.warnings.append(
+                    "could not remove the failed %s/%s from DKMS (rc=%d): %s"
+                    % (p.name, p.version, rc, err.strip())
+                )
+                return
             p.reverted = True
             p.done.append("remove %s (cleanup)" % p.version)
-        else:
-            self.warnings.append(
-                "could not remove the failed %s/%s from DKMS (rc=%d): %s"
-                % (p.name, p.version, rc, err.strip())
-            )
+        elif p.added_now:
+            return
+        failure = p.failure
+        if p.created_source and _disk_full(
+            failure["msg"], failure.get("stdout"), failure.get("stderr"), failure.get("log_tail")
+        ):
+            self.delete_source(p, p.version)
 
     def signing_key(self):
         """``(key, certificate, generate)`` as dkms 3.0 picks them for signing.
@@ -1038,8 +1172,64 @@ class Dkms:
                         )
                 self.warnings.append("'%s' failed (rc=%d): %s" % (" ".join(argv), rc, err))
 
+    @staticmethod
+    def settled(p):
+        """Whether the dkms work of this run on ``p`` is over (failed, installed, or none)."""
+        if p.failed:
+            return True
+        if p.has("build") or p.has("install"):
+            return "install" in p.done
+        return True
+
+    def start(self, p, entries, queue):
+        """Serial steps of ``p`` (sources, removal for a rebuild, dkms add), then its build."""
+        if p.steps or p.adopt_digest:
+            self.prepare(p, entries)
+        if p.adopt_digest and not p.failed:
+            self.write_digest(p)
+        if p.has("build") and not p.failed:
+            queue.add(p)
+
+    def finish_unbuilt(self, p, entries):
+        """A package with nothing to build: install it, or drop its other versions."""
+        if p.failed or p.has("build"):
+            return
+        if p.has("install"):
+            self.install(p, entries)
+        else:
+            # Already installed: only leftovers of other versions to drop.
+            self.drop_others(p, entries)
+
+    def release(self, waiting, entries, queue):
+        """Start the waiting builds whose dependencies are installed; give up those of
+        which a dependency failed (their earlier build, if any, is left alone)."""
+        progress = True
+        while progress:
+            progress = False
+            for p in list(waiting):
+                deps = self.dependencies(p)
+                failed = [q.name for q in deps if q.failed]
+                if failed:
+                    waiting.remove(p)
+                    kept = [v for v, st in sorted(p.before.items()) if st == "installed"]
+                    p.fail(
+                        "build",
+                        "not built: %s, which %s depends on (BUILD_DEPENDS), failed; fix "
+                        "that first (see its result) and re-run%s"
+                        % (
+                            ", ".join(failed),
+                            p.name,
+                            "; %s %s stays installed" % (p.name, ", ".join(kept)) if kept else "",
+                        ),
+                    )
+                    progress = True
+                elif all(self.settled(q) for q in deps):
+                    waiting.remove(p)
+                    self.start(p, entries, queue)
+                    progress = True
+
     def execute(self, entries):
-        present = [p for p in self.packages if p.state == "present"]
+        present = [p for p in self.order if p.state == "present"]
         for p in self.packages:
             if (
                 p.state == "absent"
@@ -1059,29 +1249,43 @@ class Dkms:
                 queue.gate = pool.submit(self.generate_signing_key)
             # Each build starts as soon as its package is prepared, so the serial steps
             # (sources, dkms add: seconds each in an emulated guest) of the next
-            # packages overlap with the builds of the first ones.
+            # packages overlap with the builds of the first ones. A build that needs
+            # packages of this run installed first (depends) waits for them; so do its
+            # serial steps, so that nothing of it is touched when one of them fails.
+            waiting = []
             for p in present:
-                if p.steps or p.adopt_digest:
-                    self.prepare(p, entries)
-                if p.adopt_digest and not p.failed:
-                    self.write_digest(p)
-                if p.has("build") and not p.failed:
-                    queue.add(p)
-            for p in present:
-                if p.failed or p.has("build"):
-                    continue
-                if p.has("install"):
-                    self.install(p, entries)
+                if p.has("build") and self.dependencies(p):
+                    waiting.append(p)
                 else:
-                    # Already installed: only leftovers of other versions to drop.
-                    self.drop_others(p, entries)
+                    self.start(p, entries, queue)
+            for p in present:
+                if p not in waiting:
+                    self.finish_unbuilt(p, entries)
+            self.release(waiting, entries, queue)
             queue.pump(wait=True)
             # Install each package as soon as its build is done, one at a time, while
-            # the other builds go on.
-            for future in as_completed(queue.futures):
-                p = future.result()
-                if not p.failed:
-                    self.install(p, entries)
+            # the other builds go on; start the builds that waited for it.
+            handled = set()
+            while True:
+                queue.pump(wait=False)
+                pending = [f for f in queue.futures if f not in handled]
+                if not pending and queue.held:
+                    queue.pump(wait=True)
+                    pending = [f for f in queue.futures if f not in handled]
+                if not pending:
+                    break
+                if queue.gate is not None and queue.gate not in pending:
+                    pending.append(queue.gate)
+                done, _pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in queue.futures:
+                    if future in done and future not in handled:
+                        handled.add(future)
+                        p = future.result()
+                        if not p.failed:
+                            self.install(p, entries)
+                self.release(waiting, entries, queue)
+            for p in waiting:  # never left: each dependency settles or fails (no cycles)
+                p.fail("build", "not built: its dependencies never finished")
         for p in present:
             self.cleanup(p)
         if self.depmod_kernels:
@@ -1150,7 +1354,8 @@ class Dkms:
                 )
             self.warnings.append("dkms is not installed; assuming no package is registered")
         entries = self.read_status([p.name for p in self.packages])
-        for p in self.packages:
+        # Dependencies first: a package is rebuilt when one it depends on is.
+        for p in self.order:
             self.plan(p, entries)
         needs_build = [p.name for p in self.packages if p.has("build")]
         headers = os.path.join(LIB_MODULES, self.kernel, "build")

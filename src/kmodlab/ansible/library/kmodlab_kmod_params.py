@@ -198,6 +198,7 @@ import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.kmodlab_buildid import build_id
 from ansible.module_utils.kmodlab_kmod import (
     ParamError,
     args_from_texts,
@@ -263,6 +264,7 @@ def _installed(module, root, kmods):
             info[key] = value
     out = {}
     for kmod_name, entry in found.items():
+        entry["build_id"] = build_id(host_path(root, entry["filename"])).get("build_id")
         out[entry.get("name", kmod_name).replace("-", "_")] = entry
     return {k: v for k, v in out.items() if k in kmods}
 
@@ -332,6 +334,9 @@ def run(module):
             errors.append("%s: %s" % (rec["name"], exc))
             continue
         states[rec["name"]] = module_state(root, rec["kmod"], decls)
+        if states[rec["name"]]["loaded"]:
+            note = "/sys/module/%s/notes/.note.gnu.build-id" % rec["kmod"]
+            states[rec["name"]]["build_id"] = build_id(host_path(root, note)).get("build_id")
         entry = {}
         for path, content in sorted((rec.get("files") or {}).items()):
             current = read_text(host_path(root, path))
@@ -345,13 +350,13 @@ def run(module):
     if errors:
         module.fail_json(msg="; ".join(errors), errors=errors)
     # The installed build matters only for a loaded module that shows its own
-    # srcversion or version to compare with.
+    # srcversion, build ID or version to compare with.
     comparable = [
         rec["kmod"]
         for rec in records
         if rec["state"] == "present"
         and states[rec["name"]]["loaded"]
-        and (states[rec["name"]]["srcversion"] or states[rec["name"]]["version"])
+        and any(states[rec["name"]].get(k) for k in ("srcversion", "build_id", "version"))
     ]
     by_kmod = _installed(module, root, comparable)
     installed = {rec["name"]: by_kmod[rec["kmod"]] for rec in records if rec["kmod"] in by_kmod}

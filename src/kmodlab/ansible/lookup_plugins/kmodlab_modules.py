@@ -39,7 +39,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _list:
-  description: Resolved records (name, kmod, version, state, params, persist, source_dir, manifest).
+  description:
+    - Resolved records (name, kmod, version, state, params, persist, source_dir, dependents,
+      manifest).
+    - C(dependents) names the manifests whose C(depends) name the module (selected or not).
   type: list
   elements: dict
 """

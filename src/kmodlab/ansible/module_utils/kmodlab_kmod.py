@@ -684,7 +684,8 @@ def reload_reasons(
       a parameter recorded then that is no longer wanted (back to its default);
     - no usable record while the module declares parameters that cannot be read back;
     - the options file changes while the module declares such parameters;
-    - the installed module (srcversion, else version) differs from the loaded one;
+    - the installed module differs from the loaded one (srcversion, else GNU build ID,
+      else version);
     - a /dev node of the manifest (``state["dev_nodes"]``) is missing, or has another
       type, device number or mode: loading the module again makes the kernel create
       it again.
@@ -746,21 +747,20 @@ def reload_reasons(
             "the options file changes and parameters %s cannot be read back" % ", ".join(hidden)
         )
     installed = installed or {}
-    if state.get("srcversion") and installed.get("srcversion"):
-        if state["srcversion"] != installed["srcversion"]:
-            reasons.append(
-                "the installed module differs from the loaded one (srcversion %s, installed %s)"
-                % (state["srcversion"], installed["srcversion"])
-            )
-    elif (
-        state.get("version")
-        and installed.get("version")
-        and state["version"] != installed["version"]
+    # The first identity both sides have: srcversion (only with MODULE_VERSION or
+    # CONFIG_MODULE_SRCVERSION_ALL), the GNU build ID (every build), the version.
+    for key, label in (
+        ("srcversion", "srcversion"),
+        ("build_id", "build ID"),
+        ("version", "version"),
     ):
-        reasons.append(
-            "the installed module differs from the loaded one (version %s, installed %s)"
-            % (state["version"], installed["version"])
-        )
+        if state.get(key) and installed.get(key):
+            if state[key] != installed[key]:
+                reasons.append(
+                    "the installed module differs from the loaded one (%s %s, installed %s)"
+                    % (label, state[key], installed[key])
+                )
+            break
     for _, message, _ in dev_node_problems(record, state.get("dev_nodes") or {}, proc_devices):
         reasons.append(message)
     return reasons
