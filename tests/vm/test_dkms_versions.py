@@ -5,12 +5,10 @@ converged again at the end."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from vmhelpers import ROOT, Guest, playbook
+from vmhelpers import ROOT, Guest, manifests_with_version, playbook
 
 from kmodlab.manifest import load_manifest
 
@@ -37,12 +35,7 @@ def _report(report_dir: Path) -> dict:
 
 def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) -> None:
     kernel = converged.run("uname -r").strip()
-    copy = tmp_path / "modules"
-    shutil.copytree(ROOT / "modules", copy)
-    path = copy / MOD.name / "module.yml"
-    data = yaml.safe_load(path.read_text())
-    data["version"] = BUMPED
-    path.write_text(yaml.safe_dump(data))
+    copy = manifests_with_version(tmp_path, MOD.name, BUMPED)
 
     # Bump: the new version is built and installed, the old one removed with its sources.
     proc = playbook(

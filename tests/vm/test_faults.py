@@ -288,9 +288,11 @@ def _failure_message(output: str, start: str) -> str:
     return found.group(0)
 
 
-INSTANCES = (
-    r"""for m in /sys/module/*; do [ -e $m/initstate ] && echo "${m##*/} $(stat -c %i $m)"; done"""
-)
+INSTANCES = r"""
+for m in /sys/module/*; do
+  if [ -e "$m/initstate" ]; then echo "${m##*/} $(stat -c %i "$m")"; fi
+done
+"""
 
 
 def instances(guest: Guest) -> dict[str, str]:

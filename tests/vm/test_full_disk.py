@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from vmhelpers import ROOT, Guest, playbook
+from vmhelpers import ROOT, Guest, manifests_with_version, playbook
 
 from kmodlab.manifest import load_manifest
 
@@ -74,12 +72,7 @@ def test_full_disk_during_a_dkms_build_keeps_the_old_version(
     old_line = f"{MOD.name}/{MOD.version}, {kernel}, {arch}: installed"
     assert old_line in dkms_status(converged)
     build_before = loaded_build(converged)
-    copy = tmp_path / "modules"
-    shutil.copytree(ROOT / "modules", copy)
-    path = copy / MOD.name / "module.yml"
-    data = yaml.safe_load(path.read_text())
-    data["version"] = BUMPED
-    path.write_text(yaml.safe_dump(data))
+    copy = manifests_with_version(tmp_path, MOD.name, BUMPED)
 
     try:
         converged.run("sudo mount -t tmpfs -o mode=1777,size=512m kmodlab-test-tmp /tmp")

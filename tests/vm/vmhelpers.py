@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from kmodlab.lab import vms
 
@@ -91,3 +94,14 @@ def assert_not_reached(output: str) -> None:
     assert counters is not None, output[-3000:]
     assert counters["ok"] == 0 and counters["changed"] == 0, output[-3000:]
     assert "TASK [kernel_headers" not in output
+
+
+def manifests_with_version(tmp_path: Path, name: str, version: str) -> Path:
+    """A copy of modules/ (for kmodlab_manifest_dir) where ``name`` has ``version``."""
+    copy = tmp_path / "modules"
+    shutil.copytree(ROOT / "modules", copy)
+    path = copy / name / "module.yml"
+    data = yaml.safe_load(path.read_text())
+    data["version"] = version
+    path.write_text(yaml.safe_dump(data))
+    return copy
