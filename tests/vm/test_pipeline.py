@@ -139,7 +139,11 @@ def test_kernel_rejects_parameter_previous_config_restored(
 ) -> None:
     """A value the schema lets through (mylong typed charp in a wrong manifest) but the
     kernel refuses: the play names module, parameter and the kernel's message, and the
-    good configuration is loaded again."""
+    good configuration is back: loaded, in its modprobe.d file and in the local fact."""
+    conf = "cat /etc/modprobe.d/hello-5.conf"
+    fact = "sudo cat /etc/ansible/facts.d/kmodlab_kmod_load.fact"
+    conf_before = converged.run(conf)
+    fact_before = json.loads(converged.run(fact))["modules"]["hello-5"]
     path = manifests_copy / "hello-5" / "module.yml"
     data = yaml.safe_load(path.read_text())
     for p in data["parameters"]:
@@ -160,6 +164,8 @@ def test_kernel_rejects_parameter_previous_config_restored(
     assert converged.run("sudo cat /sys/module/hello_5/parameters/mylong").strip() == str(
         HELLO5["mylong"]
     )
+    assert converged.run(conf) == conf_before
+    assert json.loads(converged.run(fact))["modules"]["hello-5"] == fact_before
 
 
 def test_fixed_major_taken_names_major_and_owner(converged: Guest) -> None:
