@@ -28,6 +28,21 @@ HELLO5 = load_manifest(ROOT / "modules/hello-5")
 _MEMORY = load_manifest(ROOT / "modules/memory")
 MEMORY_MAJOR = _MEMORY.expected_major(_MEMORY.expect.proc_devices[0], _MEMORY.wanted_params())
 LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
+# The /dev nodes the manifests expect, and the two the rounds tamper with.
+DEV_NODES = {
+    name: load_manifest(ROOT / "modules" / name).expect.dev_nodes[0]
+    for name in LAB_MODULES
+    if load_manifest(ROOT / "modules" / name).expect.dev_nodes
+}
+CHARDEV, MEMORY = DEV_NODES["chardev"].path, DEV_NODES["memory"].path
+
+
+def stat_mode(node: str) -> str:
+    """The manifest's mode of a /dev node as `stat -c %a` prints it."""
+    mode = next(n.mode for n in DEV_NODES.values() if n.path == node)
+    assert mode is not None, node
+    return f"{int(mode, 8):o}"
+
 
 # Everything a lab.yml run could change on the host, as text: which modules are loaded
 # (and which instance: the kernfs inode of /sys/module/KMOD changes on every load), the
@@ -45,12 +60,13 @@ for f in /etc/modprobe.d/*.conf /etc/modules-load.d/*.conf; do
   [ -e "$f" ] && echo "file $f $(md5sum < $f | cut -c1-32)"
 done
 find /var/lib/dkms /lib/modules/$(uname -r)/updates -printf 'dkms %p %s\n' 2>/dev/null | sort
-for d in /dev/chardev /dev/memory; do echo "dev $d $(stat -c '%F %t:%T %a' $d 2>&1)"; done
+for d in "$@"; do echo "dev $d $(stat -c '%F %t:%T %a' $d 2>&1)"; done
 """
 
 
 def snapshot(guest: Guest) -> list[str]:
-    out = guest.run(f"sudo bash -c {shlex.quote(SNAPSHOT)}")
+    nodes = " ".join(shlex.quote(n.path) for n in DEV_NODES.values())
+    out = guest.run(f"sudo bash -c {shlex.quote(SNAPSHOT)} snapshot {nodes}")
     return sorted(out.splitlines())
 
 
@@ -171,8 +187,8 @@ def test_converged_lab_check_mode_changes_nothing(converged: Guest) -> None:
 # Round 1: a fault in each of five modules at once.
 ROUND1: dict[str, tuple[str, dict[str, str]]] = {
     "hello-1": ("rmmod hello_1", {"test_loaded": r"not loaded"}),
-    "chardev": ("rm /dev/chardev", {"test_dev_nodes": r"/dev/chardev"}),
-    "memory": ("chmod 0600 /dev/memory", {"test_dev_nodes": r"/dev/memory.*(0600|mode)"}),
+    "chardev": (f"rm {CHARDEV}", {"test_dev_nodes": re.escape(CHARDEV)}),
+    "memory": (f"chmod 0600 {MEMORY}", {"test_dev_nodes": rf"{re.escape(MEMORY)}.*(0600|mode)"}),
     "hello-5": (
         "echo 5 > /sys/module/hello_5/parameters/myint; "
         "echo Y > /sys/module/hello_5/parameters/myflags",
@@ -199,7 +215,7 @@ def test_round1_each_fault_caught_named_and_repaired(converged: Guest, report_di
     repaired = assert_repaired(converged, report_dir / "repair")
     recap_counts = recap(repaired)
     assert recap_counts is not None and recap_counts["changed"] > 0
-    assert converged.run("stat -c %a /dev/memory").strip() == "666"
+    assert converged.run(f"stat -c %a {MEMORY}").strip() == stat_mode(MEMORY)
     assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(
         HELLO5.wanted_params()["myint"]
     )
@@ -269,7 +285,7 @@ def test_round4_kernel_refuses_init_and_says_why(converged: Guest, report_dir: P
         # Nothing half-done: neither is loaded, no /dev nodes, the rest as before.
         loaded = converged.run("cut -d' ' -f1 /proc/modules").split()
         assert "memory" not in loaded and "chardev" not in loaded and "squatter" in loaded
-        for node in ("/dev/memory", "/dev/chardev"):
+        for node in (MEMORY, CHARDEV):
             assert "rc=1" in converged.run(f"test -e {node}", check=False)
         for name in LAB_MODULES:
             if name not in ("memory", "chardev"):
@@ -327,21 +343,21 @@ def test_round5_parameter_change_reloads_that_module_once(
 def test_round6_module_in_use_is_left_alone(converged: Guest, report_dir: Path) -> None:
     """chardev must be reloaded (its /dev node has the wrong mode) while a process holds
     it open: the play says so and changes nothing; once the process is gone, it repairs."""
-    converged.run("sudo chmod 0600 /dev/chardev")
+    converged.run(f"sudo chmod 0600 {CHARDEV}")
     holder = converged.run(
-        "sudo bash -c 'sleep 900 < /dev/chardev > /dev/null 2>&1 & echo $!'"
+        f"sudo bash -c 'sleep 900 < {CHARDEV} > /dev/null 2>&1 & echo $!'"
     ).strip()
     try:
         before, snap = instances(converged), snapshot(converged)
         proc = playbook(converged, "-e", f"kmod_verify_report_dir={report_dir / 'busy'}")
         assert proc.returncode != 0
         text = " ".join(line.strip() for line in proc.stdout.splitlines())
-        assert re.search(r"chardev must be unloaded \(/dev/chardev has mode 0600.*in use", text), (
-            proc.stdout[-5000:]
-        )
+        assert re.search(
+            rf"chardev must be unloaded \({re.escape(CHARDEV)} has mode 0600.*in use", text
+        ), proc.stdout[-5000:]
         assert instances(converged) == before
         assert snapshot(converged) == snap
     finally:
         converged.run(f"sudo kill {holder}", check=False)
     assert_repaired(converged, report_dir / "repair")
-    assert converged.run("stat -c %a /dev/chardev").strip() == "666"
+    assert converged.run(f"stat -c %a {CHARDEV}").strip() == stat_mode(CHARDEV)
