@@ -12,13 +12,7 @@ from kmodlab.selection import resolve
 REPO = Path(__file__).resolve().parents[2]
 MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
 TEMPLATES = REPO / "roles" / "kmod_load" / "templates"
-FILTERS = REPO / "src" / "kmodlab" / "ansible" / "filter_plugins"
-
-_spec = importlib.util.spec_from_file_location(
-    "kmodlab_kmod_load", FILTERS / "kmodlab_kmod_load.py"
-)
-filters = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(filters)
+filters = importlib.import_module("ansible_collections.kmodlab.lab.plugins.filter.kmod_load")
 
 
 _LOADER: list[bool] = []
@@ -26,12 +20,11 @@ _LOADER: list[bool] = []
 
 def render(template: str, record: dict) -> str:
     from ansible.parsing.dataloader import DataLoader
-    from ansible.plugins.loader import filter_loader, init_plugin_loader
+    from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar, trust_as_template
 
     if not _LOADER:
         init_plugin_loader()
-        filter_loader.add_directory(str(FILTERS))
         _LOADER.append(True)
     templar = Templar(
         loader=DataLoader(),

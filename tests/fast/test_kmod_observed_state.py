@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.filter import kmod_load as filters
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as k
 from pydantic import ValidationError
 
-from kmodlab.ansible.filter_plugins import kmodlab_kmod_load as filters
-from kmodlab.ansible.module_utils import kmodlab_kmod as k
 from kmodlab.manifest import Parameter
 from kmodlab.selection import resolve
 from kmodlab.verify import checks

@@ -10,29 +10,19 @@ import importlib.util
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kmodlab.ansible.module_utils import kmodlab_buildid, kmodlab_kmod
 from kmodlab.selection import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
 FACT = "/etc/ansible/facts.d/kmodlab_kmod_load.fact"
 
-# The module imports its helpers as Ansible module_utils; on the controller they are
-# the same file inside the kmodlab package.
-sys.modules.setdefault("ansible.module_utils.kmodlab_kmod", kmodlab_kmod)
-sys.modules.setdefault("ansible.module_utils.kmodlab_buildid", kmodlab_buildid)
-_spec = importlib.util.spec_from_file_location(
-    "kmodlab_kmod_params", REPO / "src/kmodlab/ansible/library/kmodlab_kmod_params.py"
-)
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+probe = importlib.import_module("ansible_collections.kmodlab.lab.plugins.modules.kmod_params")
 
 
 class Failed(Exception):

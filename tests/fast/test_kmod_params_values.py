@@ -1,6 +1,6 @@
 """Parameter values as the kernel takes and shows them, and the kmod_load plan.
 
-Unit tests of src/kmodlab/ansible/module_utils/kmodlab_kmod.py (shared by the probe
+Unit tests of plugins/module_utils/kmod.py (shared by the probe
 module on the target and the filters on the controller).
 """
 
@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as k
 
-from kmodlab.ansible.module_utils import kmodlab_kmod as k
 from kmodlab.selection import resolve
 
 MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"

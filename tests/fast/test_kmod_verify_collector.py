@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ansible_collections.kmodlab.lab.plugins.module_utils import buildid as kmodlab_buildid
 from kmod_fixtures import MODULES, SELECTION
 
-from kmodlab.ansible.module_utils import kmodlab_buildid
 from kmodlab.selection import resolve
 from kmodlab.verify.expectations import Expectation
 from kmodlab.verify.observe import build_request, collector_source

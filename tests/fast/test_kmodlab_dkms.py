@@ -16,13 +16,11 @@ import json
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 from unittest import mock
 
-import ansible.module_utils
 import pytest
 import yaml
 from ansible.module_utils import basic
@@ -30,16 +28,7 @@ from ansible.module_utils.testing import patch_module_args
 from dkms_tree import DkmsTree
 
 REPO = Path(__file__).resolve().parents[2]
-LIBRARY = REPO / "src/kmodlab/ansible/library/kmodlab_dkms.py"
-MODULE_UTILS = REPO / "src/kmodlab/ansible/module_utils"
-
-# What ansible.cfg's module_utils setting does for a real run.
-if str(MODULE_UTILS) not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(MODULE_UTILS))
-_SPEC = importlib.util.spec_from_file_location("kmodlab_dkms", LIBRARY)
-kmodlab_dkms = importlib.util.module_from_spec(_SPEC)
-sys.modules["kmodlab_dkms"] = kmodlab_dkms
-_SPEC.loader.exec_module(kmodlab_dkms)
+kmodlab_dkms = importlib.import_module("ansible_collections.kmodlab.lab.plugins.modules.dkms")
 
 K = "6.1.0-56-amd64"
 ARCH = os.uname()[4]
@@ -960,7 +949,7 @@ def test_returned_package_keys_are_all_documented(dkms):
 
 def test_the_module_does_not_import_kmodlab():
     """Targets do not have the kmodlab package; only ansible.module_utils may be imported."""
-    for path in (LIBRARY, *MODULE_UTILS.glob("kmodlab_dkms*.py")):
+    for path in (REPO / "plugins/modules/dkms.py", REPO / "plugins/module_utils/dkms_tree.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

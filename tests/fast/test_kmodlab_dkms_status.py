@@ -18,12 +18,7 @@ from dkms_tree import DkmsTree
 from kmodlab.verify.observe import collector_source
 
 REPO = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location(
-    "kmodlab_dkms_status",
-    REPO / "src/kmodlab/ansible/module_utils/kmodlab_dkms_status.py",
-)
-status = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(status)
+status = importlib.import_module("ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree")
 
 K = "6.1.0-56-amd64"
 K2 = "6.1.0-99-amd64"

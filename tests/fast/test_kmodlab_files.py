@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -14,12 +13,9 @@ from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 REPO = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location(
-    "kmodlab_files", REPO / "src/kmodlab/ansible/library/kmodlab_files.py"
+kmodlab_files = importlib.import_module(
+    "ansible_collections.kmodlab.lab.plugins.modules.config_files"
 )
-kmodlab_files = importlib.util.module_from_spec(_SPEC)
-sys.modules["kmodlab_files"] = kmodlab_files
-_SPEC.loader.exec_module(kmodlab_files)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as kmodlab_kmod
 
-from kmodlab.ansible.module_utils import kmodlab_kmod
 from kmodlab.manifest import MANIFEST_FILE, Manifest, load_all, load_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -49,7 +49,7 @@ K=$(uname -r); T=/var/lib/dkms/$P/$V/$K/$(uname -m)/module
 COPY=/lib/modules/$K/updates/dkms/$P.ko
 show() {
   echo "== $1"
-  python3 -c 'import sys; sys.path.insert(0, "/tmp/kmlt"); import kmodlab_dkms_status as s
+  python3 -c 'import sys; sys.path.insert(0, "/tmp/kmlt"); import dkms_tree as s
 print("\n".join(sorted(e["line"] for e in s.read_tree("/var/lib/dkms", [sys.argv[1]]))))' "$P"
   echo "-- dkms"
   dkms status -m "$P" | sort
@@ -72,10 +72,8 @@ cmp $COPY /tmp/kmlt/keep.ko
 def test_dkms_tree_reader_agrees_with_dkms_status(converged: Guest) -> None:
     """kmodlab_dkms and the verify suite read DKMS state from the tree, not from dkms status
     (25 s on this guest): on the real dkms, the reader says what dkms status says."""
-    reader = ROOT / "src/kmodlab/ansible/module_utils/kmodlab_dkms_status.py"
-    converged.run(
-        "mkdir -p /tmp/kmlt && cat > /tmp/kmlt/kmodlab_dkms_status.py", stdin=reader.read_bytes()
-    )
+    reader = ROOT / "plugins/module_utils/dkms_tree.py"
+    converged.run("mkdir -p /tmp/kmlt && cat > /tmp/kmlt/dkms_tree.py", stdin=reader.read_bytes())
     pkg = _TREE_MODULE
     script = f"P={shlex.quote(pkg.name)} V={shlex.quote(pkg.version)}; {_TREE_STATES}"
     out = converged.run(f"sudo bash -c {shlex.quote(script)}")

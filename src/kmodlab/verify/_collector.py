@@ -93,7 +93,7 @@ def _shared(name: str) -> dict:
 
 def _build_id(path: str) -> dict:
     try:
-        return _shared("kmodlab_buildid")["build_id"](path)
+        return _shared("buildid")["build_id"](path)
     except Exception as exc:  # report it as a check failure, not a crash
         return {"ok": False, "error": f"reading the build ID failed: {exc!r}"}
 
@@ -188,7 +188,7 @@ def _functional(checks: list[dict]) -> dict:
 
 def _dkms(request: dict) -> dict:
     try:
-        entries = _shared("kmodlab_dkms_status")["read_tree"](request["tree"], request["names"])
+        entries = _shared("dkms_tree")["read_tree"](request["tree"], request["names"])
     except Exception as exc:  # report it as a check failure, not a crash
         return {"error": f"reading {request['tree']} failed: {exc!r}"}
     return {"entries": entries}

@@ -20,7 +20,8 @@ import re
 import shlex
 from typing import Any
 
-from kmodlab.ansible.module_utils import kmodlab_kmod as _kmod
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as _kmod
+
 from kmodlab.verify.observe import (
     DKMS_TREE,
     PROC_DEVICES,

@@ -15,14 +15,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.kmodlab.lab.plugins import module_utils as _module_utils
+
 from kmodlab.verify.expectations import Expectation
 
 COLLECTOR = Path(__file__).with_name("_collector.py")
-# The DKMS tree reader the kmodlab_dkms Ansible module uses, sent inside the collector.
-MODULE_UTILS = Path(__file__).parents[1] / "ansible/module_utils"
 # The module_utils files the collector runs on the host (one reader per fact, shared
 # with the Ansible modules).
-SHARED = ("kmodlab_dkms_status", "kmodlab_buildid")
+MODULE_UTILS = Path(_module_utils.__path__[0])
+SHARED = ("dkms_tree", "buildid")
 DKMS_TREE = "/var/lib/dkms"
 SOURCE_ROOT = "/usr/src"
 INSTALL_DIR = "/lib/modules/{kernel}/updates/dkms"

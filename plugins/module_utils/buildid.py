@@ -77,14 +77,14 @@ def build_id(path):
     except OSError as exc:
         return {"ok": False, "error": exc.strerror or str(exc)}
     except (lzma.LZMAError, EOFError) as exc:
-        return {"ok": False, "error": "cannot decompress: %s" % exc}
+        return {"ok": False, "error": f"cannot decompress: {exc}"}
     try:
         if data[:4] == b"\x7fELF":
             found = elf_build_id(data)
         else:
             found = note_build_id(data, "<" if sys.byteorder == "little" else ">")
     except (struct.error, IndexError) as exc:
-        return {"ok": False, "error": "not a valid ELF file or note: %s" % exc}
+        return {"ok": False, "error": f"not a valid ELF file or note: {exc}"}
     if found is None:
         return {"ok": False, "error": "no GNU build ID note"}
     return {"ok": True, "build_id": found}

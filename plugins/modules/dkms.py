@@ -3,7 +3,7 @@
 """kmodlab_dkms: add, build and install a list of DKMS packages, only where needed.
 
 Runs on the managed host. It must not import ``kmodlab`` (not installed there); shared
-target-side code lives in ``module_utils/kmodlab_dkms_status.py``.
+target-side code lives in ``plugins/module_utils/dkms_tree.py``.
 
 Concurrency, reasoned rather than measured:
 
@@ -40,13 +40,9 @@ Concurrency, reasoned rather than measured:
   main thread.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 DOCUMENTATION = r"""
 ---
-module: kmodlab_dkms
+module: dkms
 short_description: Add, build and install DKMS packages, only where needed, in one call
 description:
   - Brings a list of DKMS packages to their wanted state for one kernel in a single module
@@ -376,7 +372,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kmodlab_dkms_status import (
+from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import (
     entry_for,
     kernels_installed,
     read_tail,
@@ -448,7 +444,7 @@ class Package:
         self.state = spec["state"]
         self.kernel = kernel
         self.source_path = spec["source_path"] or os.path.join(
-            source_root, "%s-%s" % (self.name, self.version)
+            source_root, f"{self.name}-{self.version}"
         )
         self.files = spec["files"]
         self.executables = set(spec.get("executables") or [])
@@ -608,34 +604,33 @@ class Dkms:
             for field, value in (("name", p.name), ("version", p.version)):
                 if not _SAFE_NAME.match(value):
                     self.module.fail_json(
-                        msg="packages: %s %r is not a valid DKMS %s (letters, digits and "
-                        "'_.+~-', starting with a letter or digit)" % (field, value, field)
+                        msg=f"packages: {field} {value!r} is not a valid DKMS {field} (letters, digits and "
+                        "'_.+~-', starting with a letter or digit)"
                     )
             if p.name in seen:
-                self.module.fail_json(msg="packages: %s is listed twice; list each once" % p.name)
+                self.module.fail_json(msg=f"packages: {p.name} is listed twice; list each once")
             seen.add(p.name)
-            wanted = os.path.join(self.source_root, "%s-%s" % (p.name, p.version))
+            wanted = os.path.join(self.source_root, f"{p.name}-{p.version}")
             if os.path.normpath(p.source_path) != os.path.normpath(wanted):
                 self.module.fail_json(
-                    msg="packages: source_path of %s is %s, but dkms adds sources only from "
-                    "%s: drop source_path or point it there" % (p.name, p.source_path, wanted)
+                    msg=f"packages: source_path of {p.name} is {p.source_path}, but dkms adds sources only from "
+                    f"{wanted}: drop source_path or point it there"
                 )
             for rel, content in (p.files or {}).items():
                 norm = os.path.normpath(rel)
                 if os.path.isabs(rel) or norm.startswith("..") or norm in (".", ""):
                     self.module.fail_json(
-                        msg="packages: file name %r of %s must be relative to its source "
-                        "folder and stay inside it" % (rel, p.name)
+                        msg=f"packages: file name {rel!r} of {p.name} must be relative to its source "
+                        "folder and stay inside it"
                     )
                 if not isinstance(content, str):
-                    self.module.fail_json(
-                        msg="packages: content of %s/%s must be text" % (p.name, rel)
-                    )
+                    self.module.fail_json(msg=f"packages: content of {p.name}/{rel} must be text")
             unknown = sorted(p.executables - set(p.files or {}))
             if unknown:
                 self.module.fail_json(
-                    msg="packages: executables of %s name %s, which its files do not have"
-                    % (p.name, ", ".join(unknown))
+                    msg="packages: executables of {} name {}, which its files do not have".format(
+                        p.name, ", ".join(unknown)
+                    )
                 )
         self.order = self.dependency_order()
 
@@ -650,8 +645,8 @@ class Dkms:
             if p in visiting:
                 cycle = [*visiting[visiting.index(p) :], p]
                 self.module.fail_json(
-                    msg="packages: dependency cycle %s; a package cannot depend on itself, "
-                    "even through others" % " -> ".join(q.name for q in cycle)
+                    msg="packages: dependency cycle {}; a package cannot depend on itself, "
+                    "even through others".format(" -> ".join(q.name for q in cycle))
                 )
             visiting.append(p)
             for name in p.depends:
@@ -678,7 +673,7 @@ class Dkms:
                 with open(dest, "rb") as handle:
                     current = handle.read()
                 mode_ok = (os.stat(dest).st_mode & 0o777) == self.file_mode(p, rel)
-            except (IOError, OSError):
+            except OSError:
                 current = None
                 mode_ok = False
             if current != wanted or (rel in p.executables and not mode_ok):
@@ -704,7 +699,7 @@ class Dkms:
         try:
             with open(self.digest_path(p)) as handle:
                 return handle.read().strip() or None
-        except (IOError, OSError):
+        except OSError:
             return None
 
     def source_versions(self, p):
@@ -717,7 +712,7 @@ class Dkms:
         prefix = p.name + "-"
         try:
             names = os.listdir(self.source_root)
-        except (IOError, OSError):
+        except OSError:
             return found
         for entry in sorted(names):
             if not entry.startswith(prefix):
@@ -725,7 +720,7 @@ class Dkms:
             try:
                 with open(os.path.join(self.source_root, entry, "dkms.conf")) as handle:
                     conf = handle.read()
-            except (IOError, OSError):
+            except OSError:
                 continue
             if _package_name(conf) == p.name:
                 found.append(entry[len(prefix) :])
@@ -735,14 +730,14 @@ class Dkms:
         p.before = versions_on_kernel(entries, p.name, p.kernel)
         if p.state == "absent":
             for version in sorted(p.before):
-                p.steps.append("remove %s" % version)
+                p.steps.append(f"remove {version}")
                 p.planned_removals.append(version)
                 self.planned_depmod.update(kernels_installed(entries, p.name, version))
             for version in sorted(set(p.before) | {p.version} | set(self.source_versions(p))):
                 path = self.source_dir(p, version)
                 if os.path.lexists(path):
                     p.stale.append(version)
-                    p.steps.append("delete %s" % path)
+                    p.steps.append(f"delete {path}")
             return
         self.compare_files(p)
         if p.files_changed:
@@ -763,7 +758,7 @@ class Dkms:
                 if digest is None:
                     # Never tear down a working module because its sources went missing.
                     self.warnings.append(
-                        "%s is missing; %s %s stays as it is" % (p.source_path, p.name, p.version)
+                        f"{p.source_path} is missing; {p.name} {p.version} stays as it is"
                     )
                 elif recorded is None:
                     # Built outside kmodlab (dkms autoinstall after a kernel upgrade, or by
@@ -775,12 +770,12 @@ class Dkms:
                 # Its build recorded the CRCs of the symbols it uses from the old build.
                 rebuilt = [q.name for q in self.dependencies(p) if q.has("build")]
                 if rebuilt:
-                    p.rebuild_reason = "%s, which it depends on, is built again" % ", ".join(
-                        rebuilt
+                    p.rebuild_reason = "{}, which it depends on, is built again".format(
+                        ", ".join(rebuilt)
                     )
                     p.adopt_digest = False
         if p.rebuild_reason:
-            p.steps.append("remove %s" % p.version)
+            p.steps.append(f"remove {p.version}")
             current = None
         if current is None:
             p.steps.append("add")
@@ -794,7 +789,7 @@ class Dkms:
         if p.has("install"):
             self.planned_depmod.add(p.kernel)
         for version in p.others:
-            p.steps.append("remove %s" % version)
+            p.steps.append(f"remove {version}")
             p.planned_removals.append(version)
             self.planned_depmod.update(kernels_installed(entries, p.name, version))
         # Source folders of versions that are no longer (or never were) registered, such as
@@ -802,7 +797,7 @@ class Dkms:
         for version in self.source_versions(p):
             if version != p.version:
                 p.stale.append(version)
-                p.steps.append("delete %s" % self.source_dir(p, version))
+                p.steps.append(f"delete {self.source_dir(p, version)}")
 
     def predict_after(self, p):
         """Check mode: the state the plan will leave."""
@@ -828,11 +823,10 @@ class Dkms:
                 self.module.atomic_move(tmp, dest)
                 # atomic_move gives a new file the umask's mode and an old one its own
                 os.chmod(dest, self.file_mode(p, rel))
-        except (IOError, OSError) as exc:
+        except OSError as exc:
             p.fail(
                 "sources",
-                "could not write the sources of %s to %s: %s; %s"
-                % (
+                "could not write the sources of {} to {}: {}; {}".format(
                     p.name,
                     p.source_path,
                     exc,
@@ -850,21 +844,21 @@ class Dkms:
         if rc != 0:
             p.fail(
                 "remove",
-                "'dkms remove -m %s -v %s --all' failed: see stderr; remove it by hand "
-                "and re-run" % (p.name, version),
+                f"'dkms remove -m {p.name} -v {version} --all' failed: see stderr; remove it by hand "
+                "and re-run",
                 rc,
                 out,
                 err,
             )
             return False
         self.depmod_kernels.update(kernels_installed(entries, p.name, version))
-        p.done.append("remove %s" % version)
+        p.done.append(f"remove {version}")
         if version != p.version or p.state == "absent":
             p.removed_versions.append(version)
         return True
 
     def source_dir(self, p, version):
-        return os.path.join(self.source_root, "%s-%s" % (p.name, version))
+        return os.path.join(self.source_root, f"{p.name}-{version}")
 
     def delete_source(self, p, version):
         path = self.source_dir(p, version)
@@ -875,10 +869,10 @@ class Dkms:
                 os.unlink(path)
             else:
                 shutil.rmtree(path)
-        except (IOError, OSError) as exc:
-            self.warnings.append("could not delete %s: %s" % (path, exc))
+        except OSError as exc:
+            self.warnings.append(f"could not delete {path}: {exc}")
             return
-        p.done.append("delete %s" % path)
+        p.done.append(f"delete {path}")
 
     def prepare(self, p, entries):
         """Serial steps before the build: sources, removal for a rebuild, dkms add."""
@@ -890,16 +884,15 @@ class Dkms:
             if not os.path.isfile(os.path.join(p.source_path, "dkms.conf")):
                 p.fail(
                     "add",
-                    "%s has no dkms.conf: pass it in files or put the package's sources "
-                    "there" % p.source_path,
+                    f"{p.source_path} has no dkms.conf: pass it in files or put the package's sources "
+                    "there",
                 )
                 return
             rc, out, err = self.timed(p, "add", "add", "-m", p.name, "-v", p.version)
             if rc != 0:
                 p.fail(
                     "add",
-                    "'dkms add -m %s -v %s' failed: check %s/dkms.conf (see stderr)"
-                    % (p.name, p.version, p.source_path),
+                    f"'dkms add -m {p.name} -v {p.version}' failed: check {p.source_path}/dkms.conf (see stderr)",
                     rc,
                     out,
                     err,
@@ -916,7 +909,7 @@ class Dkms:
                 p, "build", "build", "-m", p.name, "-v", p.version, "-k", p.kernel
             )
         except Exception as exc:  # a thread must not take the module down
-            p.fail("build", "could not run 'dkms build' for %s: %s" % (p.name, exc))
+            p.fail("build", f"could not run 'dkms build' for {p.name}: {exc}")
             return p
         if rc != 0:
             log_path = os.path.join(self.dkms_tree, p.name, p.version, "build", "make.log")
@@ -935,7 +928,7 @@ class Dkms:
                     _ENOSPC + ": " + self.disk_full_fix()
                     if _disk_full(log_tail, out, err)
                     else "fix the module's sources",
-                    "; the full log was %s" % log_path if log_path else "",
+                    f"; the full log was {log_path}" if log_path else "",
                     self.rebuild_note(p),
                 ),
                 rc,
@@ -953,11 +946,11 @@ class Dkms:
     def rebuild_note(p):
         if p.rebuild_reason and p.before.get(p.version) == "installed":
             if "which it depends on" in p.rebuild_reason:
-                return ". Its installed build was removed first because %s" % p.rebuild_reason
+                return f". Its installed build was removed first because {p.rebuild_reason}"
             return (
-                ". Its installed build was removed first because %s without a new version: "
+                f". Its installed build was removed first because {p.rebuild_reason} without a new version: "
                 "give the module a new version to keep the old build until the new one "
-                "works" % p.rebuild_reason
+                "works"
             )
         return ""
 
@@ -969,8 +962,8 @@ class Dkms:
         try:
             with open(path, "w") as handle:
                 handle.write(digest + "\n")
-        except (IOError, OSError) as exc:
-            self.warnings.append("could not record the source digest in %s: %s" % (path, exc))
+        except OSError as exc:
+            self.warnings.append(f"could not record the source digest in {path}: {exc}")
 
     def install(self, p, entries):
         """Serial: (uninstall,) install, check, then drop the other versions."""
@@ -981,8 +974,8 @@ class Dkms:
             if rc != 0:
                 p.fail(
                     "uninstall",
-                    "'dkms uninstall' of %s/%s (installed module differs from its build) "
-                    "failed: see stderr" % (p.name, p.version),
+                    f"'dkms uninstall' of {p.name}/{p.version} (installed module differs from its build) "
+                    "failed: see stderr",
                     rc,
                     out,
                     err,
@@ -1014,10 +1007,11 @@ class Dkms:
             # still exits 0; never drop the other versions in that case.
             p.fail(
                 "install",
-                "'dkms install' of %s/%s exited 0 but the DKMS tree says %r: a module of "
-                "that name elsewhere in /lib/modules/%s probably won dkms's version check "
-                "(see stdout/stderr); remove it, then re-run"
-                % (p.name, p.version, (entry or {}).get("line", "not installed"), p.kernel),
+                "'dkms install' of {}/{} exited 0 but the DKMS tree says {!r}: a module of "
+                "that name elsewhere in /lib/modules/{} probably won dkms's version check "
+                "(see stdout/stderr); remove it, then re-run".format(
+                    p.name, p.version, (entry or {}).get("line", "not installed"), p.kernel
+                ),
                 rc,
                 out,
                 err,
@@ -1035,8 +1029,8 @@ class Dkms:
 
     def disk_full_fix(self):
         """What to do when dkms, make or this module found a filesystem full."""
-        where = "%s %s /tmp" % (self.dkms_tree, self.source_root)
-        return "the disk is full: free space on it (df -h %s) and re-run" % where
+        where = f"{self.dkms_tree} {self.source_root} /tmp"
+        return f"the disk is full: free space on it (df -h {where}) and re-run"
 
     def cleanup(self, p):
         """Remove a version this run added but could not build or install; after a full
@@ -1054,7 +1048,7 @@ class Dkms:
                 )
                 return
             p.reverted = True
-            p.done.append("remove %s (cleanup)" % p.version)
+            p.done.append(f"remove {p.version} (cleanup)")
         elif p.added_now:
             return
         failure = p.failure
@@ -1088,7 +1082,7 @@ class Dkms:
                             key = m.group(2)
                         elif m:
                             cert = m.group(2)
-            except (IOError, OSError):
+            except OSError:
                 continue
         generate = True
         if key is None:
@@ -1096,7 +1090,7 @@ class Dkms:
             try:
                 with open(OS_RELEASE) as handle:
                     ubuntu = any(line.strip() == "ID=ubuntu" for line in handle)
-            except (IOError, OSError):
+            except OSError:
                 pass
             if ubuntu:
                 key = "/var/lib/shim-signed/mok/MOK.priv"
@@ -1152,7 +1146,7 @@ class Dkms:
             if not os.path.isdir(os.path.join(LIB_MODULES, kernel)):
                 continue
             argv = [depmod, "-a", kernel]
-            system_map = os.path.join(BOOT, "System.map-%s" % kernel)
+            system_map = os.path.join(BOOT, f"System.map-{kernel}")
             if os.path.isfile(system_map):
                 argv += ["-F", system_map]
             rc, out, err = self.run(argv)
@@ -1163,9 +1157,10 @@ class Dkms:
                     if p.kernel == kernel and "install" in p.done and not p.failed:
                         p.fail(
                             "depmod",
-                            "'%s' failed: %s is installed but modprobe cannot find it until "
-                            "'depmod -a %s' succeeds; fix the error in stderr and re-run"
-                            % (" ".join(argv), p.name, kernel),
+                            "'{}' failed: {} is installed but modprobe cannot find it until "
+                            "'depmod -a {}' succeeds; fix the error in stderr and re-run".format(
+                                " ".join(argv), p.name, kernel
+                            ),
                             rc,
                             out,
                             err,
@@ -1214,12 +1209,13 @@ class Dkms:
                     kept = [v for v, st in sorted(p.before.items()) if st == "installed"]
                     p.fail(
                         "build",
-                        "not built: %s, which %s depends on (BUILD_DEPENDS), failed; fix "
-                        "that first (see its result) and re-run%s"
-                        % (
+                        "not built: {}, which {} depends on (BUILD_DEPENDS), failed; fix "
+                        "that first (see its result) and re-run{}".format(
                             ", ".join(failed),
                             p.name,
-                            "; %s %s stays installed" % (p.name, ", ".join(kept)) if kept else "",
+                            "; {} {} stays installed".format(p.name, ", ".join(kept))
+                            if kept
+                            else "",
                         ),
                     )
                     progress = True
@@ -1303,7 +1299,7 @@ class Dkms:
                 current = json.load(handle)
             if not isinstance(current, dict):
                 current = {}
-        except (IOError, OSError, ValueError):
+        except (OSError, ValueError):
             current = {}
         wanted = dict(current)
         for p in self.packages:
@@ -1336,8 +1332,8 @@ class Dkms:
                     handle.write("\n")
                 os.chmod(tmp, 0o644)
                 self.module.atomic_move(tmp, path)
-            except (IOError, OSError) as exc:
-                self.warnings.append("could not write the local fact %s: %s" % (path, exc))
+            except OSError as exc:
+                self.warnings.append(f"could not write the local fact {path}: {exc}")
                 return False
         return True
 
@@ -1361,10 +1357,11 @@ class Dkms:
         headers = os.path.join(LIB_MODULES, self.kernel, "build")
         if needs_build and not os.path.isdir(headers):
             msg = (
-                "no kernel headers for %s (%s is missing), needed to build %s: run the "
+                "no kernel headers for {} ({} is missing), needed to build {}: run the "
                 "kernel_headers role, or (re)install the headers package for that kernel "
-                "(apt-get install --reinstall linux-headers-%s on Debian)"
-                % (self.kernel, headers, ", ".join(needs_build), self.kernel)
+                "(apt-get install --reinstall linux-headers-{} on Debian)".format(
+                    self.kernel, headers, ", ".join(needs_build), self.kernel
+                )
             )
             if not self.check_mode:
                 self.module.fail_json(msg=msg, kernel=self.kernel)
@@ -1399,7 +1396,7 @@ class Dkms:
             self.module.warn(warning)
         if out["failed_packages"]:
             details = "; ".join(
-                "%s %s: %s failed" % (p.name, p.version, p.failure["step"])
+                "{} {}: {} failed".format(p.name, p.version, p.failure["step"])
                 for p in self.packages
                 if p.failed
             )
@@ -1427,8 +1424,8 @@ class Dkms:
                 after = status_lines(after_entries, p.name)
             diffs.append(
                 {
-                    "before_header": "dkms status (%s)" % p.name,
-                    "after_header": "dkms status (%s)" % p.name,
+                    "before_header": f"dkms status ({p.name})",
+                    "after_header": f"dkms status ({p.name})",
                     "before": "".join(line + "\n" for line in before_lines[p.name]),
                     "after": "".join(line + "\n" for line in after),
                 }

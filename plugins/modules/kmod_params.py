@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: kmodlab_kmod_params
+module: kmod_params
 short_description: Compare the live parameters of kernel modules with the wanted ones
 description:
   - Reads, for a list of modules in one call, whether each is loaded, its live
@@ -198,8 +198,8 @@ import os
 import platform
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.kmodlab_buildid import build_id
-from ansible.module_utils.kmodlab_kmod import (
+from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
+from ansible_collections.kmodlab.lab.plugins.module_utils.kmod import (
     ParamError,
     args_from_texts,
     args_string,
@@ -305,7 +305,7 @@ def _check_record(module, rec, index):
             )
     if rec["state"] not in ("present", "absent", "config"):
         module.fail_json(
-            msg="%s: state %r is not present, absent or config" % (rec["name"], rec["state"])
+            msg="{}: state {!r} is not present, absent or config".format(rec["name"], rec["state"])
         )
 
 
@@ -331,11 +331,11 @@ def run(module):
             wanted[rec["name"]] = normalise(decls, rec.get("params"))
             args_string(decls, rec.get("params"))
         except ParamError as exc:
-            errors.append("%s: %s" % (rec["name"], exc))
+            errors.append("{}: {}".format(rec["name"], exc))
             continue
         states[rec["name"]] = module_state(root, rec["kmod"], decls)
         if states[rec["name"]]["loaded"]:
-            note = "/sys/module/%s/notes/.note.gnu.build-id" % rec["kmod"]
+            note = "/sys/module/{}/notes/.note.gnu.build-id".format(rec["kmod"])
             states[rec["name"]]["build_id"] = build_id(host_path(root, note)).get("build_id")
         entry = {}
         for path, content in sorted((rec.get("files") or {}).items()):

@@ -2,29 +2,13 @@
 """Filters for the kmod_load role: parameter strings, the local fact, failure messages.
 
 Controller side. The normalisation is the one the target-side probe uses
-(``module_utils/kmodlab_kmod.py``), imported through the installed ``kmodlab`` package.
+(``plugins/module_utils/kmod.py``).
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-
-try:
-    from kmodlab.ansible.module_utils import kmodlab_kmod as _kmod
-except ImportError as exc:  # pragma: no cover - controller without the package
-    _kmod = None
-    _IMPORT_ERROR = exc
-else:
-    _IMPORT_ERROR = None
-
-
-def _lib():
-    if _kmod is None:
-        raise AnsibleFilterError(
-            "the kmodlab Python package is not importable on the controller "
-            f"({_IMPORT_ERROR}); run Ansible from the kmodlab virtualenv"
-        )
-    return _kmod
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as _kmod
 
 
 def _record(record, where):
@@ -35,8 +19,8 @@ def _record(record, where):
 
 def kmod_options(record):
     """Arguments of the ``options KMOD ...`` line of /etc/modprobe.d/NAME.conf."""
-    lib = _lib()
-    rec = _record(record, "kmodlab_kmod_options")
+    lib = _kmod
+    rec = _record(record, "kmod_options")
     try:
         return lib.options_string(lib.declarations(rec), rec.get("params"))
     except lib.ParamError as exc:
@@ -45,8 +29,8 @@ def kmod_options(record):
 
 def kmod_args(record):
     """The ``params`` string of community.general.modprobe (shell-quoted k=v words)."""
-    lib = _lib()
-    rec = _record(record, "kmodlab_kmod_args")
+    lib = _kmod
+    rec = _record(record, "kmod_args")
     try:
         return lib.args_string(lib.declarations(rec), rec.get("params"))
     except lib.ParamError as exc:
@@ -100,7 +84,7 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
     probe_entry = probe_entry or {}
     failed = failed or {}
     wanted = {}
-    lib = _lib()
+    lib = _kmod
     try:
         wanted = lib.normalise_args(lib.declarations(record), record.get("params"))
     except lib.ParamError:
@@ -187,9 +171,9 @@ def kmod_load_fact(records, failed=None, recorded=None):
 class FilterModule:
     def filters(self):
         return {
-            "kmodlab_kmod_options": kmod_options,
-            "kmodlab_kmod_args": kmod_args,
-            "kmodlab_kmod_load_problems": kmod_load_problems,
-            "kmodlab_kmod_load_failure": kmod_load_failure,
-            "kmodlab_kmod_load_fact": kmod_load_fact,
+            "kmod_options": kmod_options,
+            "kmod_args": kmod_args,
+            "kmod_load_problems": kmod_load_problems,
+            "kmod_load_failure": kmod_load_failure,
+            "kmod_load_fact": kmod_load_fact,
         }

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-name: kmodlab_lab
+name: vms
 plugin_type: inventory
 short_description: The running VMs of a local kmodlab lab
 description:
   - Reads the lab's state (C(kmodlab vm up)) and returns its running VMs in group C(lab)
     (and C(secure_boot) for VMs booted with Secure Boot), with SSH settings to reach them.
-  - Used by C(inventory/lab/kmodlab_lab.yml), so C(ansible-playbook lab.yml) with no C(-i)
+  - Used by C(inventory/lab/kmodlab.vms.yml), so C(ansible-playbook lab.yml) with no C(-i)
     runs on the local lab.
 options:
   plugin:
     description: Token that ensures this is a source file for this plugin.
     required: true
-    choices: [kmodlab_lab]
+    choices: [kmodlab.lab.vms, vms]
   lab_dir:
     description:
       - The lab directory. Empty means C($KMODLAB_LAB_DIR), else the default lab under
@@ -39,10 +39,10 @@ except ImportError:  # pragma: no cover - older ansible-core
 
 
 class InventoryModule(BaseInventoryPlugin):
-    NAME = "kmodlab_lab"
+    NAME = "kmodlab.lab.vms"
 
     def verify_file(self, path):
-        return super().verify_file(path) and path.endswith(("kmodlab_lab.yml", "kmodlab_lab.yaml"))
+        return super().verify_file(path) and path.endswith(("vms.yml", "vms.yaml"))
 
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)

@@ -2,7 +2,7 @@
 """Kernel module parameters and live state: shared by the kmod_load probe and filters.
 
 Runs on the target (as Ansible module_utils, where the ``kmodlab`` package is not
-installed) and on the controller (imported as ``kmodlab.ansible.module_utils.kmodlab_kmod``
+installed) and on the controller (imported from the kmodlab.lab collection
 by the filter plugins), so it only uses the standard library.
 
 The functions take the records the ``kmodlab_modules`` lookup resolves (``name``,
@@ -109,31 +109,29 @@ def _scalar(decl, value):
             return "Y"
         if value in (0, "0", "N", "n"):
             return "N"
-        raise ParamError("parameter %s: %r is not a boolean (use true/false)" % (name, value))
+        raise ParamError(f"parameter {name}: {value!r} is not a boolean (use true/false)")
     if ptype == CHARP:
         if isinstance(value, (bool, list, dict)) or value is None:
-            raise ParamError("parameter %s: %r is not a string" % (name, value))
+            raise ParamError(f"parameter {name}: {value!r} is not a string")
         text = str(value)
         if '"' in text or "\n" in text or "\r" in text:
             raise ParamError(
-                "parameter %s: %r cannot be passed to the kernel "
-                "(double quotes and newlines are not representable)" % (name, text)
+                f"parameter {name}: {text!r} cannot be passed to the kernel "
+                "(double quotes and newlines are not representable)"
             )
         if decl.get("array") and "," in text:
             raise ParamError(
-                "parameter %s: element %r of an array cannot contain a comma" % (name, text)
+                f"parameter {name}: element {text!r} of an array cannot contain a comma"
             )
         return text
     if ptype in INT_TYPES:
         if isinstance(value, bool):
-            raise ParamError("parameter %s: %r is not an integer (%s)" % (name, value, ptype))
+            raise ParamError(f"parameter {name}: {value!r} is not an integer ({ptype})")
         try:
             return str(_to_int(value))
         except (TypeError, ValueError):
-            raise ParamError(
-                "parameter %s: %r is not an integer (%s)" % (name, value, ptype)
-            ) from None
-    raise ParamError("parameter %s: unknown type %r" % (name, ptype))
+            raise ParamError(f"parameter {name}: {value!r} is not an integer ({ptype})") from None
+    raise ParamError(f"parameter {name}: unknown type {ptype!r}")
 
 
 def _to_int(value):
@@ -161,10 +159,12 @@ def arg_value(decl, value):
     """
     if decl.get("array"):
         if not isinstance(value, (list, tuple)):
-            raise ParamError("parameter %s: an array parameter takes a list" % decl.get("name"))
+            raise ParamError(
+                "parameter {}: an array parameter takes a list".format(decl.get("name"))
+            )
         return ",".join(_scalar(decl, v) for v in value)
     if isinstance(value, (list, tuple)):
-        raise ParamError("parameter %s: takes a single value, not a list" % decl.get("name"))
+        raise ParamError("parameter {}: takes a single value, not a list".format(decl.get("name")))
     return _scalar(decl, value)
 
 
@@ -188,7 +188,7 @@ def _decl_for(decls, name):
         return decls[name]
     except KeyError:
         known = ", ".join(sorted(decls)) or "none"
-        raise ParamError("unknown parameter %s (declared: %s)" % (name, known)) from None
+        raise ParamError(f"unknown parameter {name} (declared: {known})") from None
 
 
 def normalise(decls, params):
@@ -211,10 +211,10 @@ def param_tokens(decls, params):
         decl = decls[name]
         if decl.get("array") and text == "":
             raise ParamError(
-                "parameter %s: the kernel cannot take an empty array; leave the "
-                "parameter out to get its default" % name
+                f"parameter {name}: the kernel cannot take an empty array; leave the "
+                "parameter out to get its default"
             )
-        tokens.append("%s=%s" % (name, text))
+        tokens.append(f"{name}={text}")
     return tokens
 
 
@@ -229,7 +229,7 @@ def options_string(decls, params):
     for token in param_tokens(decls, params):
         name, _, text = token.partition("=")
         if re.search(r"\s", text):
-            out.append('%s="%s"' % (name, text))
+            out.append(f'{name}="{text}"')
         else:
             out.append(token)
     return " ".join(out)
@@ -270,7 +270,7 @@ def module_state(root, kmod, decls):
     missing: visible declared parameters without a sysfs file (the module and its
              manifest disagree, or the kernel ignored the parameter).
     """
-    base = host_path(root, "/sys/module/%s" % kmod)
+    base = host_path(root, f"/sys/module/{kmod}")
     initstate = strip_newline(read_text(os.path.join(base, "initstate")))
     state = {
         "loaded": initstate is not None,
@@ -387,7 +387,7 @@ def mention_regex(record):
     """Regex for kernel lines that name the module (``hello_5`` or ``hello-5`` as a word)."""
     names = sorted({record["kmod"], record["name"]}, key=len, reverse=True)
     alt = "|".join(re.escape(n) for n in names)
-    return re.compile(r"(?<![A-Za-z0-9_-])(?:%s)(?![A-Za-z0-9_-])" % alt)
+    return re.compile(rf"(?<![A-Za-z0-9_-])(?:{alt})(?![A-Za-z0-9_-])")
 
 
 def param_errors(lines):
@@ -558,7 +558,7 @@ def dev_node_state(root, path):
         kind = "directory"
     else:
         kind = "other"
-    out = {"exists": True, "type": kind, "mode": "%04o" % stat.S_IMODE(mode)}
+    out = {"exists": True, "type": kind, "mode": f"{stat.S_IMODE(mode):04o}"}
     if kind in ("char", "block"):
         out["major"] = os.major(st.st_rdev)
         out["minor"] = os.minor(st.st_rdev)
@@ -589,11 +589,11 @@ def dev_node_problems(record, nodes, proc_devices=None):
             continue
         want_type = node.get("type", "char")
         if not st.get("exists"):
-            out.append((path, "%s is missing (manifest expect.dev_nodes)" % path, False))
+            out.append((path, f"{path} is missing (manifest expect.dev_nodes)", False))
             continue
         if st.get("type") != want_type:
             out.append(
-                (path, "%s is a %s, not a %s device" % (path, st.get("type"), want_type), True)
+                (path, "{} is a {}, not a {} device".format(path, st.get("type"), want_type), True)
             )
             continue
         device = devices.get(node.get("device"))
@@ -626,7 +626,9 @@ def dev_node_problems(record, nodes, proc_devices=None):
             out.append(
                 (
                     path,
-                    "%s has mode %s, the manifest says %s" % (path, st.get("mode"), node["mode"]),
+                    "{} has mode {}, the manifest says {}".format(
+                        path, st.get("mode"), node["mode"]
+                    ),
                     False,
                 )
             )
@@ -704,12 +706,12 @@ def reload_reasons(
             continue
         if name in state.get("missing", []):
             reasons.append(
-                "parameter %s has no file in /sys/module/%s/parameters" % (name, record["kmod"])
+                "parameter {} has no file in /sys/module/{}/parameters".format(name, record["kmod"])
             )
             continue
         live = state.get("live", {}).get(name)
         if live is not None and live != text:
-            reasons.append("parameter %s is %r, wanted %r" % (name, live, text))
+            reasons.append(f"parameter {name} is {live!r}, wanted {text!r}")
     for name in sorted(logged):
         decl = decls.get(name)
         if decl is None or visible(decl):
@@ -717,18 +719,18 @@ def reload_reasons(
         want = wanted.get(name, _default_text(decl))
         if want is not None and logged[name]["text"] != want:
             reasons.append(
-                "parameter %s (not visible in sysfs) is %r by the module's message %r, wanted %r"
-                % (name, logged[name]["text"], logged[name]["line"], want)
+                "parameter {} (not visible in sysfs) is {!r} by the module's message {!r}, wanted {!r}".format(
+                    name, logged[name]["text"], logged[name]["line"], want
+                )
             )
     if _usable_record(recorded):
         before, unknown = _safe_normalise(decls, recorded.get("params"))
         for name in sorted(unknown):
-            reasons.append("parameter %s was set at the last load and is no longer declared" % name)
+            reasons.append(f"parameter {name} was set at the last load and is no longer declared")
         for name in hidden:
             if before.get(name) != wanted.get(name):
                 reasons.append(
-                    "parameter %s (not visible in sysfs) was %s at the last load, wanted %s"
-                    % (name, _show(before.get(name)), _show(wanted.get(name)))
+                    f"parameter {name} (not visible in sysfs) was {_show(before.get(name))} at the last load, wanted {_show(wanted.get(name))}"
                 )
         for name in sorted(set(before) - set(wanted)):
             decl = decls[name]
@@ -737,14 +739,18 @@ def reload_reasons(
             default = _default_text(decl)
             live = state.get("live", {}).get(name)
             if name in majors or default is None or live != default:
-                reasons.append("parameter %s is no longer wanted (back to its default)" % name)
+                reasons.append(f"parameter {name} is no longer wanted (back to its default)")
     elif hidden:
         reasons.append(
-            "loaded without a kmodlab record; parameters %s cannot be read back" % ", ".join(hidden)
+            "loaded without a kmodlab record; parameters {} cannot be read back".format(
+                ", ".join(hidden)
+            )
         )
     if options_changed and hidden and not any("cannot be read back" in r for r in reasons):
         reasons.append(
-            "the options file changes and parameters %s cannot be read back" % ", ".join(hidden)
+            "the options file changes and parameters {} cannot be read back".format(
+                ", ".join(hidden)
+            )
         )
     installed = installed or {}
     # The first identity both sides have: srcversion (only with MODULE_VERSION or
@@ -757,8 +763,7 @@ def reload_reasons(
         if state.get(key) and installed.get(key):
             if state[key] != installed[key]:
                 reasons.append(
-                    "the installed module differs from the loaded one (%s %s, installed %s)"
-                    % (label, state[key], installed[key])
+                    f"the installed module differs from the loaded one ({label} {state[key]}, installed {installed[key]})"
                 )
             break
     for _, message, _ in dev_node_problems(record, state.get("dev_nodes") or {}, proc_devices):
@@ -814,7 +819,7 @@ def previous_params(record, state, recorded=None):
 
 def args_from_texts(texts):
     """A shell-quoted modprobe ``params`` string from ``{name: sysfs text}``."""
-    return " ".join(shlex.quote("%s=%s" % (name, texts[name])) for name in sorted(texts))
+    return " ".join(shlex.quote(f"{name}={texts[name]}") for name in sorted(texts))
 
 
 def device_conflicts(record, proc_devices, leaving=()):
@@ -838,7 +843,7 @@ def device_conflicts(record, proc_devices, leaving=()):
                 major = int(value)
             except (TypeError, ValueError):
                 major = None
-            source = "parameter %s=%s" % (pname, value)
+            source = f"parameter {pname}={value}"
         elif isinstance(dev.get("major"), int):
             major = dev["major"]
             source = "fixed in the manifest"
@@ -925,9 +930,10 @@ def plan(records, states, recorded=None, files=None, installed=None, proc_device
                 holder = by_kmod.get(kmod)
                 if holder is None:
                     msg = (
-                        "%s must be unloaded (%s) but module %s, which kmodlab does not "
-                        "manage here, uses it; unload %s first"
-                        % (rec["name"], "; ".join(reasons[name]), kmod, kmod)
+                        "{} must be unloaded ({}) but module {}, which kmodlab does not "
+                        "manage here, uses it; unload {} first".format(
+                            rec["name"], "; ".join(reasons[name]), kmod, kmod
+                        )
                     )
                     if msg not in blocked:
                         blocked.append(msg)
@@ -936,7 +942,7 @@ def plan(records, states, recorded=None, files=None, installed=None, proc_device
                 if actions[hname] in ("reload", "unload"):
                     continue
                 if holder["state"] == "present" and actions[name] == "unload":
-                    msg = "%s is absent but %s (state present) uses it; make %s absent too" % (
+                    msg = "{} is absent but {} (state present) uses it; make {} absent too".format(
                         rec["name"],
                         hname,
                         hname,
@@ -946,13 +952,14 @@ def plan(records, states, recorded=None, files=None, installed=None, proc_device
                     continue
                 if holder["state"] == "present":
                     actions[hname] = "reload"
-                    reasons[hname].append("it uses %s, which is reloaded" % rec["name"])
+                    reasons[hname].append("it uses {}, which is reloaded".format(rec["name"]))
                     changed = True
                 else:
                     msg = (
-                        "%s must be unloaded (%s) but %s (state %s) uses it and kmodlab "
-                        "leaves it alone; set %s present or unload it first"
-                        % (rec["name"], "; ".join(reasons[name]), hname, holder["state"], hname)
+                        "{} must be unloaded ({}) but {} (state {}) uses it and kmodlab "
+                        "leaves it alone; set {} present or unload it first".format(
+                            rec["name"], "; ".join(reasons[name]), hname, holder["state"], hname
+                        )
                     )
                     if msg not in blocked:
                         blocked.append(msg)

@@ -13,13 +13,9 @@ status`` of ten packages (it forks about a hundred times per version); reading t
 costs milliseconds. The VM tier checks it against the real ``dkms status`` in each state.
 """
 
-from __future__ import absolute_import, division, print_function
-
 import hashlib
 import os
 import re
-
-__metaclass__ = type
 
 STATUS_ORDER = ("absent", "added", "built", "installed")
 
@@ -34,10 +30,10 @@ DEFAULT_DEST = "/updates/dkms"
 def status_line(name, version, kernel, arch, status, notes=()):
     """The line dkms 3.0's ``dkms status`` prints for one entry."""
     if kernel is None:
-        line = "%s/%s: %s" % (name, version, status)
+        line = f"{name}/{version}: {status}"
     else:
-        line = "%s/%s, %s, %s: %s" % (name, version, kernel, arch, status)
-    return line + "".join(" (%s)" % n for n in notes)
+        line = f"{name}/{version}, {kernel}, {arch}: {status}"
+    return line + "".join(f" ({n})" for n in notes)
 
 
 def _entry(name, version, kernel, arch, status, diff=False, missing=False):
@@ -77,7 +73,7 @@ def conf_modules(conf_path):
                     m = pattern.match(line)
                     if m:
                         into[int(m.group(1))] = m.group(2)
-    except (IOError, OSError):
+    except OSError:
         return None
     if not built:
         return None
@@ -98,7 +94,7 @@ def _same_file(a, b):
             return False
         with open(a, "rb") as one, open(b, "rb") as two:
             return one.read() == two.read()
-    except (IOError, OSError):
+    except OSError:
         return False
 
 
@@ -121,7 +117,7 @@ def read_tree(dkms_tree, names, install_tree="/lib/modules"):
         base = os.path.join(dkms_tree, name)
         try:
             children = sorted(os.listdir(base))
-        except (IOError, OSError):
+        except OSError:
             continue
         installed = {}
         for child in children:
@@ -158,7 +154,7 @@ def read_tree(dkms_tree, names, install_tree="/lib/modules"):
                         for f in files
                         if ".ko" in f
                     ]
-                is_installed = "%s/%s/%s" % (version, kernel, arch) in installed
+                is_installed = f"{version}/{kernel}/{arch}" in installed
                 present = [
                     (_module_file(built_dir, built_name), dest_name, where)
                     for built_name, dest_name, where in wanted
@@ -256,7 +252,7 @@ def read_tail(path, lines):
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-    except (IOError, OSError):
+    except OSError:
         return None
     return tail(data.decode("utf-8", errors="replace"), lines)
 

@@ -2,12 +2,8 @@
 # GPL-2.0-only
 """Write or remove many small root-owned files in one call."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 DOCUMENTATION = r"""
-module: kmodlab_files
+module: config_files
 short_description: Write or remove many small configuration files in one call
 description:
   - Each file is compared with its wanted content and mode; only differing files are
@@ -71,7 +67,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 def _read(path):
     try:
-        with open(path, "r") as fh:
+        with open(path) as fh:
             return fh.read()
     except FileNotFoundError:
         return None
@@ -135,7 +131,7 @@ def main():
                 os.chmod(path, mode)
         except OSError as exc:
             module.fail_json(
-                msg="could not update %s: %s (run with become: true)" % (path, exc),
+                msg=f"could not update {path}: {exc} (run with become: true)",
                 files=results,
                 changed_paths=changed_paths,
             )
