@@ -67,13 +67,14 @@ def main() -> None:
 
     lab = vms.Lab(Path(tempfile.mkdtemp(prefix="kmodlab-bench-", dir="/tmp")))
     modes = [False, True] if args.secure_boot else [False]
+    holder: dict[str, vms.Vm] = {}  # the VM booted last
     for sb in modes:
         walls = []
+        holder.clear()
         for i in range(args.runs):
             name = f"b{i}"
-            holder: dict[str, vms.Vm] = {}
 
-            def boot(name: str = name, sb: bool = sb, holder: dict = holder) -> None:
+            def boot(name: str = name, sb: bool = sb) -> None:
                 req = vms.UpRequest(names=[name], secure_boot=sb)
                 holder["vm"] = vms.up(lab, req, progress=lambda m: None)[0]
 

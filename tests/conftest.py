@@ -19,6 +19,13 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from ansible.plugins.loader import init_plugin_loader
+
+# The collection (this repository, linked into the virtualenv by scripts/install-deps) is
+# imported through Ansible's collection loader, as in a real run: tests import its
+# plugins as ansible_collections.kmodlab.lab.plugins..., and in-process lookups and filters
+# find it by FQCN.
+init_plugin_loader()
 
 ALLOW_ENV = "KMODLAB_ALLOW_SKIPS"
 VM_DIR = Path(__file__).resolve().parent / "vm"

@@ -1,35 +1,29 @@
-# GPL-2.0-only
-"""Filters for the kmod_load role: parameter strings, the local fact, failure messages.
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters for the kmod_load role: parameter strings, the configuration files, the
+local fact, failure messages.
 
-Controller side. The normalisation is the one the target-side probe uses
-(``plugins/module_utils/kmod.py``).
+Controller side. The normalisation, the file rule and the kernel log parsers are the
+ones the target-side probe and the verify checks use (``plugins/module_utils``:
+``params``, ``kmod_config``, ``kernel_log``).
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as _kmod
+from ansible_collections.kmodlab.lab.plugins.module_utils import kernel_log as _log
+from ansible_collections.kmodlab.lab.plugins.module_utils import params as _params
 
 
 def _record(record, where):
     if not isinstance(record, dict) or "name" not in record or "manifest" not in record:
-        raise AnsibleFilterError(f"{where}: expects a record of the kmodlab_modules lookup")
+        raise AnsibleFilterError(f"{where}: expects a record of kmodlab.lab.selection")
     return record
-
-
-def kmod_options(record):
-    """Arguments of the ``options KMOD ...`` line of /etc/modprobe.d/NAME.conf."""
-    lib = _kmod
-    rec = _record(record, "kmod_options")
-    try:
-        return lib.options_string(lib.declarations(rec), rec.get("params"))
-    except lib.ParamError as exc:
-        raise AnsibleFilterError(f"{rec['name']}: {exc}") from None
 
 
 def kmod_args(record):
     """The ``params`` string of community.general.modprobe (shell-quoted k=v words)."""
-    lib = _kmod
+    lib = _params
     rec = _record(record, "kmod_args")
     try:
         return lib.args_string(lib.declarations(rec), rec.get("params"))
@@ -84,10 +78,9 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
     probe_entry = probe_entry or {}
     failed = failed or {}
     wanted = {}
-    lib = _kmod
     try:
-        wanted = lib.normalise_args(lib.declarations(record), record.get("params"))
-    except lib.ParamError:
+        wanted = _params.normalise_args(_params.declarations(record), record.get("params"))
+    except _params.ParamError:
         wanted = dict(record.get("params") or {})
     errors = probe_entry.get("param_errors") or []
     if errors:
@@ -98,7 +91,7 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
         )
     else:
         head = f"{name}: loading with {_show(wanted)} failed"
-    said = lib.modprobe_error(f"{failed.get('stderr') or ''}\n{failed.get('msg') or ''}")
+    said = _log.modprobe_error(f"{failed.get('stderr') or ''}\n{failed.get('msg') or ''}")
     detail = str(failed.get("msg") or failed.get("stderr") or "").strip()
     if said:
         head += f"; modprobe said {said!r}"
@@ -107,7 +100,7 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
     if "kernel_explain" in probe_entry:
         lines = list(probe_entry.get("kernel_explain") or [])
     else:
-        lines = [ln for ln in probe_entry.get("kernel_log") or [] if not lib.trace_line(ln)]
+        lines = [ln for ln in probe_entry.get("kernel_log") or [] if not _log.trace_line(ln)]
     if lines and not errors:
         head += "; the kernel said: " + " | ".join(lines[-6:])
     parts = [head + ("" if head.endswith(".") else ".")]
@@ -171,7 +164,6 @@ def kmod_load_fact(records, failed=None, recorded=None):
 class FilterModule:
     def filters(self):
         return {
-            "kmod_options": kmod_options,
             "kmod_args": kmod_args,
             "kmod_load_problems": kmod_load_problems,
             "kmod_load_failure": kmod_load_failure,

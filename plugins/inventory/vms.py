@@ -1,4 +1,5 @@
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Inventory plugin: the running VMs of a kmodlab lab (the default inventory of lab.yml)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The GNU build ID of a kernel module, on disk (its .ko) and loaded (sysfs).
 
 Debian's 6.1 kernel is built without CONFIG_MODULE_SRCVERSION_ALL and our modules set no
@@ -8,8 +9,8 @@ build from another. Every build has a GNU build ID note: in the .ko's
 ``/sys/module/KMOD/notes/.note.gnu.build-id``. Two builds of the same sources in other
 folders (a DKMS version bump) differ in it.
 
-Shared by the kmod_load probe (as Ansible module_utils) and the verify collector (sent
-to the host with it), so only the standard library is used.
+Shared by the kmod_load probe (as Ansible module_utils) and the verify collector (which
+imports it from its zip), so only the standard library is used.
 """
 
 from __future__ import annotations

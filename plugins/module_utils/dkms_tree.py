@@ -1,4 +1,5 @@
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Target-side helpers for kmodlab's DKMS module and verify suite: DKMS state, digests.
 
 This file is shipped to managed hosts inside the module payload (ansible.cfg names the

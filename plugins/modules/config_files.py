@@ -1,6 +1,9 @@
 #!/usr/bin/python
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Write or remove many small root-owned files in one call."""
+
+from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: config_files
@@ -29,11 +32,15 @@ options:
         description: Octal mode of a written file.
         type: str
         default: "0644"
+author:
+  - kmodlab (@kmodlab)
 attributes:
   check_mode:
     support: full
+    description: Reports which files would be written or removed, and changes nothing.
   diff_mode:
     support: full
+    description: Shows the old and the new content of each file it writes or removes.
 """
 
 EXAMPLES = r"""
@@ -60,9 +67,9 @@ changed_paths:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.lab.plugins.module_utils.files import write_atomic
 
 
 def _read(path):
@@ -118,17 +125,7 @@ def main():
             if action == "removed":
                 os.unlink(path)
             else:
-                directory = os.path.dirname(path)
-                if not os.path.isdir(directory):
-                    os.makedirs(directory, 0o755)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kmodlab-")
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(content)
-                os.chmod(tmp, mode)
-                os.chown(tmp, 0, 0)
-                module.atomic_move(tmp, path)
-                # atomic_move keeps the old file's mode, or gives a new one the umask's.
-                os.chmod(path, mode)
+                write_atomic(module, path, content.encode("utf-8"), mode, owner_root=True)
         except OSError as exc:
             module.fail_json(
                 msg=f"could not update {path}: {exc} (run with become: true)",

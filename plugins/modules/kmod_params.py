@@ -1,5 +1,6 @@
 #!/usr/bin/python
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read-only probe of kernel modules: live parameters versus wanted ones, and a plan."""
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ description:
   - Never changes anything (C(changed) is always false).
   - Runs on the target; needs root to read C(/dev/kmsg) and parameters of mode 0600.
 author:
-  - kmodlab
+  - kmodlab (@kmodlab)
 attributes:
   check_mode:
     support: full
     description: Read-only; runs normally in check mode.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to show a difference of.
 options:
   modules:
     description:
@@ -94,15 +96,33 @@ modules:
   type: list
   elements: dict
   contains:
-    name: {description: Manifest name., type: str}
-    kmod: {description: Name the kernel uses., type: str}
-    state: {description: Wanted state (present, absent, config)., type: str}
-    loaded: {description: Whether /sys/module/KMOD/initstate exists., type: bool}
-    initstate: {description: Content of initstate (live, coming, going) or null., type: str}
-    refcount: {description: Content of refcnt, or null when not loaded., type: int}
-    holders: {description: Modules using this one (/sys/module/KMOD/holders)., type: list}
-    live: {description: Visible declared parameters as sysfs shows them., type: dict}
-    wanted: {description: Wanted parameters normalised to sysfs text., type: dict}
+    name:
+      description: "Manifest name."
+      type: str
+    kmod:
+      description: "Name the kernel uses."
+      type: str
+    state:
+      description: "Wanted state (present, absent, config)."
+      type: str
+    loaded:
+      description: "Whether /sys/module/KMOD/initstate exists."
+      type: bool
+    initstate:
+      description: "Content of initstate (live, coming, going) or null."
+      type: str
+    refcount:
+      description: "Content of refcnt, or null when not loaded."
+      type: int
+    holders:
+      description: "Modules using this one (/sys/module/KMOD/holders)."
+      type: list
+    live:
+      description: "Visible declared parameters as sysfs shows them."
+      type: dict
+    wanted:
+      description: "Wanted parameters normalised to sysfs text."
+      type: dict
     mismatches:
       description: Wanted parameters whose live value differs (loaded only) - param,
         wanted, live; C(source) is C(kernel log) for a parameter sysfs does not show,
@@ -121,12 +141,24 @@ modules:
       description: Node paths where something else stands (another type or device
         number); loading the module again does not replace it, so it is removed first.
       type: list
-    missing: {description: Visible declared parameters without a sysfs file., type: list}
-    unreadable: {description: Parameter files that could not be read., type: list}
-    params_args: {description: Wanted parameters as a shell-quoted modprobe string., type: str}
-    action: {description: load, reload, unload or none., type: str}
-    reasons: {description: Why the action is needed., type: list}
-    recorded: {description: This module's entry of the local fact, or null., type: dict}
+    missing:
+      description: "Visible declared parameters without a sysfs file."
+      type: list
+    unreadable:
+      description: "Parameter files that could not be read."
+      type: list
+    params_args:
+      description: "Wanted parameters as a shell-quoted modprobe string."
+      type: str
+    action:
+      description: "load, reload, unload or none."
+      type: str
+    reasons:
+      description: "Why the action is needed."
+      type: list
+    recorded:
+      description: "This module's entry of the local fact, or null."
+      type: dict
     previous:
       description: What the module runs with now (loaded, params, params_args), to
         load it again if loading the wanted parameters fails.
@@ -135,8 +167,12 @@ modules:
       description: Per path given in C(files) - exists, content, wanted (whether it
         should exist) and changed.
       type: dict
-    files_changed: {description: Paths whose content differs from the wanted one., type: list}
-    installed: {description: srcversion and version of the installed module file., type: dict}
+    files_changed:
+      description: "Paths whose content differs from the wanted one."
+      type: list
+    installed:
+      description: "srcversion and version of the installed module file."
+      type: dict
     kernel_log:
       description: Kernel messages naming the module since O(kernel_log_since) (last 20).
       returned: when O(kernel_log_since) is set
@@ -180,7 +216,7 @@ kernel_log_cursor:
   returned: always
   type: int
 kernel_log_source:
-  description: Where kernel messages came from (kmsg, dmesg or none).
+  description: Where kernel messages came from (kmsg, dmesg, journalctl or none).
   returned: always
   type: str
 fact:
@@ -199,29 +235,37 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
+from ansible_collections.kmodlab.lab.plugins.module_utils.files import host_path, read_text
+from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import (
+    failure_lines,
+    logged_params,
+    mention_regex,
+    missing_patterns,
+    param_errors,
+    read_kernel_log,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.kmod import (
+    module_state,
+    plan,
+    previous_params,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.nodes import (
+    dev_node_problems,
+    dev_node_state,
+    dev_nodes,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
     ParamError,
     args_from_texts,
     args_string,
     declarations,
-    dev_node_problems,
-    dev_node_state,
-    dev_nodes,
-    failure_lines,
-    host_path,
-    logged_params,
-    major_params,
-    mention_regex,
-    missing_patterns,
-    module_state,
+    dynamic_major,
     normalise,
-    param_errors,
-    parse_proc_devices,
-    plan,
-    previous_params,
-    read_kmsg,
-    read_text,
     visible,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import (
+    PROC_DEVICES,
+    parse_proc_devices,
 )
 
 ARGUMENT_SPEC = dict(
@@ -248,7 +292,7 @@ def _installed(module, root, kmods):
     cmd = [modinfo]
     if root != "/":
         cmd += ["-b", root]
-    _, out, _ = module.run_command(cmd + sorted(kmods))
+    out = module.run_command(cmd + sorted(kmods))[1]
     found = {}
     info = None
     for line in out.splitlines():
@@ -269,20 +313,17 @@ def _installed(module, root, kmods):
     return {k: v for k, v in out.items() if k in kmods}
 
 
-def _kernel_log(module, root):
-    """(records [(seq|None, level|None, message)], source)."""
-    records = read_kmsg(host_path(root, "/dev/kmsg"), levels=True)
-    if records is not None:
-        return records, "kmsg"
-    if root != "/":
-        return [], "none"
-    dmesg = module.get_bin_path("dmesg")
-    if not dmesg:
-        return [], "none"
-    rc, out, _ = module.run_command([dmesg, "--notime"])
-    if rc != 0:
-        return [], "none"
-    return [(None, None, line) for line in out.splitlines()], "dmesg"
+def _runner(module):
+    """run(argv) -> (rc, stdout, stderr) with the module's run_command; rc 127 when the
+    program is not installed (run_command would fail the module)."""
+
+    def run(argv):
+        program = module.get_bin_path(argv[0])
+        if not program:
+            return 127, "", f"{argv[0]}: command not found"
+        return module.run_command([program, *argv[1:]])
+
+    return run
 
 
 def _fact(root, path):
@@ -300,12 +341,11 @@ def _check_record(module, rec, index):
     for key in ("name", "kmod", "state"):
         if key not in rec:
             module.fail_json(
-                msg="modules[%d] lacks %r; pass records of the kmodlab_modules lookup"
-                % (index, key)
+                msg=f"modules[{index}] lacks {key!r}; pass records of the kmodlab_modules lookup"
             )
     if rec["state"] not in ("present", "absent", "config"):
         module.fail_json(
-            msg="{}: state {!r} is not present, absent or config".format(rec["name"], rec["state"])
+            msg=f"{rec['name']}: state {rec['state']!r} is not present, absent or config"
         )
 
 
@@ -331,11 +371,11 @@ def run(module):
             wanted[rec["name"]] = normalise(decls, rec.get("params"))
             args_string(decls, rec.get("params"))
         except ParamError as exc:
-            errors.append("{}: {}".format(rec["name"], exc))
+            errors.append(f"{rec['name']}: {exc}")
             continue
         states[rec["name"]] = module_state(root, rec["kmod"], decls)
         if states[rec["name"]]["loaded"]:
-            note = "/sys/module/{}/notes/.note.gnu.build-id".format(rec["kmod"])
+            note = f"/sys/module/{rec['kmod']}/notes/.note.gnu.build-id"
             states[rec["name"]]["build_id"] = build_id(host_path(root, note)).get("build_id")
         entry = {}
         for path, content in sorted((rec.get("files") or {}).items()):
@@ -361,9 +401,10 @@ def run(module):
     by_kmod = _installed(module, root, comparable)
     installed = {rec["name"]: by_kmod[rec["kmod"]] for rec in records if rec["kmod"] in by_kmod}
 
-    proc_devices = parse_proc_devices(read_text(host_path(root, "/proc/devices")))
-    log, source = _kernel_log(module, root)
-    messages = [msg for _, _, msg in log]
+    proc_devices = parse_proc_devices(read_text(host_path(root, PROC_DEVICES)))
+    kernel_log = read_kernel_log(root, _runner(module))
+    log, source = kernel_log["records"], kernel_log["source"]
+    messages = [record[2] for record in log]
     for rec in records:
         st = states[rec["name"]]
         st["logged"] = logged_params(rec, messages) if st["loaded"] else {}
@@ -381,24 +422,23 @@ def run(module):
     }
     decision = plan(records, states, recorded_all, options_changed, installed, proc_devices)
 
-    seqs = [seq for seq, _, _ in log if seq is not None]
+    seqs = [record[0] for record in log if record[0] is not None]
     cursor = seqs[-1] if seqs else None
     since = params["kernel_log_since"]
     recent_records = []
     if since is not None:
         recent_records = [(level, msg) for seq, level, msg in log if seq is None or seq > since]
-    recent = [msg for _, msg in recent_records]
+    recent = [record[1] for record in recent_records]
 
     out = []
     for rec in records:
         name = rec["name"]
         decls = declarations(rec)
         st = states[name]
-        majors = major_params(rec)
         mismatches = []
         if st["loaded"]:
             for pname, text in wanted[name].items():
-                if not visible(decls[pname]) or (pname in majors and text == "0"):
+                if not visible(decls[pname]) or dynamic_major(rec, pname, text):
                     continue
                 live = st["live"].get(pname)
                 if live is not None and live != text:
@@ -445,9 +485,9 @@ def run(module):
             "logged": st["logged"],
             "dev_nodes": st["dev_nodes"],
             "dev_nodes_foreign": [
-                path
-                for path, _, foreign in dev_node_problems(rec, st["dev_nodes"], proc_devices)
-                if foreign
+                problem[0]
+                for problem in dev_node_problems(rec, st["dev_nodes"], proc_devices)
+                if problem[2]
             ],
         }
         if since is not None:

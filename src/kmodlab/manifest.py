@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from ansible_collections.kmodlab.lab.plugins.module_utils.params import major_number
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -356,11 +357,13 @@ class Manifest(_Model):
         return self.validate_params(merged)
 
     def expected_major(self, dev: ProcDevice, params: dict[str, Any]) -> int | None:
-        """The major ``dev`` must have given load ``params``; None when dynamic."""
+        """The major ``dev`` must have given load ``params``; None when the kernel
+        chooses (``major: dynamic``, or a major parameter of 0), as
+        module_utils/params.py's ``major_number`` says for the probe and the checks."""
         if dev.major_param is not None:
             value = params.get(dev.major_param, self.param(dev.major_param).default)
-            return int(value)
-        return None if dev.major == "dynamic" else dev.major
+            return major_number(value)
+        return major_number(dev.major)
 
 
 def _format_error(path: Path, exc: ValidationError) -> str:

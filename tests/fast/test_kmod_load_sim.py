@@ -40,7 +40,7 @@ def test_first_run_loads_persists_and_records(sim: Sim):
     assert values["myintarray"] == ["10", "-20", "30"]
     assert values["mybool"] == "Y"
     conf = (sim.modprobe_d / "hello-5.conf").read_text()
-    assert conf.startswith("#\n# Ansible managed\n#\n")
+    assert conf.startswith("# Managed by kmodlab (kmod_load): ")
     assert (
         'options hello_5 myint=42 myintarray=10,-20,30 mybool=Y myshort=7 mystring="hello lab"'
         in conf.replace("mybool=Y myint=42", "myint=42 mybool=Y")
@@ -167,7 +167,7 @@ def test_wrong_manifest_type_kernel_message_and_nothing_left_loaded(sim: Sim, tm
 
     res = sim.run(
         [{"name": "hello-5", "params": {"mylong": "hello"}}],
-        extra={"kmod_load_manifest_dir": str(modules)},
+        extra={"kmodlab_manifest_dir": str(modules)},
     )
     assert res.rc != 0
     message = " ".join(res.failure_messages())
@@ -191,7 +191,7 @@ def test_parameter_the_module_lacks_is_rolled_back(sim: Sim, tmp_path: Path):
     path.write_text(yaml.safe_dump(manifest))
     res = sim.run(
         [{"name": "base", "params": {"ghost": 3}}],
-        extra={"kmod_load_manifest_dir": str(modules)},
+        extra={"kmodlab_manifest_dir": str(modules)},
     )
     assert res.rc != 0
     message = " ".join(res.failure_messages())

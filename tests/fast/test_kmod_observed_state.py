@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 from ansible_collections.kmodlab.lab.plugins.filter import kmod_load as filters
+from ansible_collections.kmodlab.lab.plugins.module_utils import kernel_log as klog
 from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as k
+from ansible_collections.kmodlab.lab.plugins.module_utils import nodes as kn
+from ansible_collections.kmodlab.lab.plugins.module_utils import params as kp
 from pydantic import ValidationError
 
 from kmodlab.manifest import Parameter
@@ -113,12 +116,11 @@ def test_manifest_accepts_fixed_arrays_and_log():
     ],
 )
 def test_fixed_size_arrays_on_both_sides(decl, value, shown, given):
-    # kmod_load (host side) and kmod_verify (controller side), computed apart
-    assert k.sysfs_value(decl, value) == shown
-    assert checks.expected_text(decl, value) == shown
-    assert k.arg_value(decl, value) == given
-    assert checks.expected_arg(decl, value) == given
-    assert k.param_tokens({"slots": decl}, {"slots": value}) == [f"slots={given}"]
+    # kmod_load (host side) and kmod_verify (controller side) use the one normalisation
+    assert checks.sysfs_value is kp.sysfs_value
+    assert kp.sysfs_value(decl, value) == shown
+    assert kp.arg_value(decl, value) == given
+    assert kp.param_tokens({"slots": decl}, {"slots": value}) == [f"slots={given}"]
 
 
 def test_fixed_size_array_plan_and_previous():
@@ -187,16 +189,16 @@ def test_logged_value_newest_since_the_last_load():
         "other: myshort=99",
         "hello_5: myshort=-4",
     ]
-    assert k.logged_value(decl, lines, unload) == {"text": "-4", "line": "hello_5: myshort=-4"}
-    assert k.logged_value(decl, lines[:3], unload)["text"] == "16"  # normalised like sysfs
+    assert klog.logged_value(decl, lines, unload) == {"text": "-4", "line": "hello_5: myshort=-4"}
+    assert klog.logged_value(decl, lines[:3], unload)["text"] == "16"  # normalised like sysfs
     # unloaded since it printed: nothing of the current load
-    assert k.logged_value(decl, lines[:2], unload) is None
-    assert k.logged_value(decl, [], unload) is None
-    assert k.logged_value(dict(decl, log=None), lines) is None
+    assert klog.logged_value(decl, lines[:2], unload) is None
+    assert klog.logged_value(decl, [], unload) is None
+    assert klog.logged_value(dict(decl, log=None), lines) is None
     flag = {"name": "f", "type": "bool", "log": r"m: f=(?P<value>\w+)"}
-    assert k.logged_value(flag, ["m: f=true"])["text"] == "Y"
+    assert klog.logged_value(flag, ["m: f=true"])["text"] == "Y"
     word = {"name": "s", "type": "charp", "log": r"m: s=\"(?P<value>[^\"]*)\""}
-    assert k.logged_value(word, ['m: s="a b"'])["text"] == "a b"
+    assert klog.logged_value(word, ['m: s="a b"'])["text"] == "a b"
 
 
 HELLO_RECORD = {
@@ -209,14 +211,14 @@ HELLO_LIVE = {"myint": "42", "mystring": "hello lab", "myintarray": "10,-20,30"}
 def test_kmod_load_reads_hidden_parameters_from_the_message():
     hello = recs({"name": "hello-5"})["hello-5"]
     lines = ["hello_5: hello, world; myint=42", "hello_5: myshort=3"]
-    logged = k.logged_params(hello, lines)
+    logged = klog.logged_params(hello, lines)
     assert logged == {"myshort": {"text": "3", "line": "hello_5: myshort=3"}}
     # reloaded behind the role's back: the fact still says 7, the module says 3
     assert k.reload_reasons(hello, loaded_state(HELLO_LIVE, logged), HELLO_RECORD) == [
         "parameter myshort (not visible in sysfs) is '3' by the module's message "
         "'hello_5: myshort=3', wanted '7'"
     ]
-    right = k.logged_params(hello, ["hello_5: myshort=7"])
+    right = klog.logged_params(hello, ["hello_5: myshort=7"])
     assert k.reload_reasons(hello, loaded_state(HELLO_LIVE, right), HELLO_RECORD) == []
     # loaded by hand without a record: what the module printed is enough
     assert k.reload_reasons(hello, loaded_state(HELLO_LIVE, right), None) == []
@@ -281,7 +283,7 @@ def test_verify_hidden_parameter_without_log_is_not_observable():
 # ------------------------------------------------------------------ /dev nodes
 
 
-NODE = {"exists": True, "type": "char", "mode": "0666", "major": 60, "minor": 0}
+NODE = {"exists": True, "type": "char", "mode": 0o666, "link": False, "major": 60, "minor": 0}
 DEVICES = {"char": {60: ["memory"]}, "block": {}}
 
 
@@ -289,9 +291,9 @@ DEVICES = {"char": {60: ["memory"]}, "block": {}}
     ("node", "reason", "foreign"),
     [
         ({"exists": False}, "/dev/memory is missing (manifest expect.dev_nodes)", False),
-        (dict(NODE, mode="0600"), "/dev/memory has mode 0600, the manifest says 0666", False),
+        (dict(NODE, mode=0o600), "/dev/memory has mode 0600, the manifest says 0666", False),
         (
-            {"exists": True, "type": "file", "mode": "0644"},
+            {"exists": True, "type": "file", "mode": 0o644},
             "/dev/memory is a file, not a char",
             True,
         ),
@@ -306,7 +308,7 @@ DEVICES = {"char": {60: ["memory"]}, "block": {}}
 def test_dev_node_reasons(node, reason, foreign):
     memory = recs({"name": "memory"})["memory"]
     st = loaded_state({"major": "60"}, nodes={"/dev/memory": node})
-    found = k.dev_node_problems(memory, st["dev_nodes"], DEVICES)
+    found = kn.dev_node_problems(memory, st["dev_nodes"], DEVICES)
     assert len(found) == 1 and found[0][1].startswith(reason) and found[0][2] is foreign
     recorded = {"state": "present", "params": {}}
     assert k.reload_reasons(memory, st, recorded, proc_devices=DEVICES) == [found[0][1]]
@@ -321,24 +323,28 @@ def test_dev_node_as_the_manifest_says_is_no_reason():
         k.reload_reasons(memory, st, {"state": "present", "params": {}}, None, None, DEVICES) == []
     )
     # not read (e.g. an older probe): nothing to say
-    assert k.dev_node_problems(memory, {}, DEVICES) == []
+    assert kn.dev_node_problems(memory, {}, DEVICES) == []
 
 
 def test_dev_node_state(tmp_path: Path):
     (tmp_path / "dev").mkdir()
-    assert k.dev_node_state(str(tmp_path), "/dev/memory") == {"exists": False}
+    assert kn.dev_node_state(str(tmp_path), "/dev/memory") == {
+        "exists": False,
+        "error": "No such file or directory",
+    }
     (tmp_path / "dev" / "memory").write_text("x")
     os.chmod(tmp_path / "dev" / "memory", 0o640)
-    assert k.dev_node_state(str(tmp_path), "/dev/memory") == {
+    assert kn.dev_node_state(str(tmp_path), "/dev/memory") == {
         "exists": True,
         "type": "file",
-        "mode": "0640",
+        "mode": 0o640,
+        "link": False,
     }
     if os.geteuid() == 0:
         (tmp_path / "dev" / "memory").unlink()
         os.mknod(tmp_path / "dev" / "memory", stat.S_IFCHR | 0o666, os.makedev(60, 0))
         os.chmod(tmp_path / "dev" / "memory", 0o666)
-        assert k.dev_node_state(str(tmp_path), "/dev/memory") == NODE
+        assert kn.dev_node_state(str(tmp_path), "/dev/memory") == NODE
 
 
 # ------------------------------------------------------------------ a refused load
@@ -386,8 +392,8 @@ CHARDUP = {"name": "chardup", "kmod": "chardup"}
 
 def test_trace_lines_are_told_from_reasons():
     traces = [m for _, m in CLASS_TAKEN[2:21]]
-    assert all(k.trace_line(m) for m in traces), [m for m in traces if not k.trace_line(m)]
-    assert not any(k.trace_line(m) for m in EXPLAINED)
+    assert all(klog.trace_line(m) for m in traces), [m for m in traces if not klog.trace_line(m)]
+    assert not any(klog.trace_line(m) for m in EXPLAINED)
     for line in (
         "------------[ cut here ]------------",
         "WARNING: CPU: 0 PID: 812 at fs/sysfs/dir.c:31 sysfs_warn_dup+0x5b/0x70",
@@ -397,42 +403,42 @@ def test_trace_lines_are_told_from_reasons():
         "CR2: 00007f6d1a8f96ff CR3: 0000000102b8e000 CR4: 0000000000750ee0",
         " <IRQ>",
     ):
-        assert k.trace_line(line), line
+        assert klog.trace_line(line), line
     for line in ("memory: cannot register major 60: error -16", "RAS: Correctable Errors"):
-        assert not k.trace_line(line), line
+        assert not klog.trace_line(line), line
 
 
 def test_failure_lines_quote_the_reason():
-    regex = k.mention_regex(CHARDUP)
-    assert k.failure_lines(CLASS_TAKEN, regex) == EXPLAINED
+    regex = klog.mention_regex(CHARDUP)
+    assert klog.failure_lines(CLASS_TAKEN, regex) == EXPLAINED
     # without levels (dmesg), the words of a line tell a warning
     plain = [(None, m) for _, m in CLASS_TAKEN]
-    assert k.failure_lines(plain, regex) == EXPLAINED
+    assert klog.failure_lines(plain, regex) == EXPLAINED
     # the module prints nothing and is in no frame: warnings and errors since the load
     quiet = [(lvl, m) for lvl, m in CLASS_TAKEN if "chardup" not in m]
-    assert k.failure_lines(quiet, regex) == EXPLAINED[:2]
+    assert klog.failure_lines(quiet, regex) == EXPLAINED[:2]
     # what came before the module's last unload message belongs to that unload
     unload = [(3, "chardup: cannot free something"), (6, "chardup: bye")]
-    assert k.failure_lines(unload + CLASS_TAKEN, regex, ["chardup: bye"]) == EXPLAINED
+    assert klog.failure_lines(unload + CLASS_TAKEN, regex, ["chardup: bye"]) == EXPLAINED
 
 
 def test_modprobe_error():
     assert (
-        k.modprobe_error("modprobe: ERROR: could not insert 'memory': Device or resource busy\n")
+        klog.modprobe_error("modprobe: ERROR: could not insert 'memory': Device or resource busy\n")
         == "could not insert 'memory': Device or resource busy"
     )
     twice = "modprobe: ERROR: could not insert 'x': File exists\n" * 2
-    assert k.modprobe_error(twice) == "could not insert 'x': File exists"
-    assert k.modprobe_error("something else") is None
+    assert klog.modprobe_error(twice) == "could not insert 'x': File exists"
+    assert klog.modprobe_error("something else") is None
 
 
 def test_failure_message_quotes_modprobe_and_the_kernel():
     record = {"name": "chardup", "kmod": "chardup", "manifest": {"parameters": []}, "params": {}}
     err = "modprobe: ERROR: could not insert 'chardup': File exists\n"
     failed = {"msg": err, "stderr": err, "rc": 1}
-    regex = k.mention_regex(CHARDUP)
+    regex = klog.mention_regex(CHARDUP)
     entry = {
-        "kernel_explain": k.failure_lines(CLASS_TAKEN, regex),
+        "kernel_explain": klog.failure_lines(CLASS_TAKEN, regex),
         "kernel_log": [m for _, m in CLASS_TAKEN if regex.search(m)],
     }
     message = filters.kmod_load_failure(record, failed, entry, False, {"previous": {}})

@@ -354,7 +354,9 @@ def test_dev_nodes_are_read_and_foreign_ones_named(host: Path):
     recs = records({"name": "memory"})
     out = probe.run(FakeModule({"modules": recs, "root": str(host)}))
     m = out["modules"][0]
-    assert m["dev_nodes"] == {"/dev/memory": {"exists": False}}
+    assert m["dev_nodes"] == {
+        "/dev/memory": {"exists": False, "error": "No such file or directory"}
+    }
     assert m["reasons"] == ["/dev/memory is missing (manifest expect.dev_nodes)"]
     assert m["dev_nodes_foreign"] == [] and out["unload"] == ["memory"]
     write(host, "/dev/memory", "not a device\n", 0o666)

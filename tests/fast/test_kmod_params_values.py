@@ -1,7 +1,7 @@
 """Parameter values as the kernel takes and shows them, and the kmod_load plan.
 
-Unit tests of plugins/module_utils/kmod.py (shared by the probe
-module on the target and the filters on the controller).
+Unit tests of plugins/module_utils (params, kernel_log, proc_devices, kmod: shared by
+the probe module on the target, the filters on the controller and the verify suite).
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ import shlex
 from pathlib import Path
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.module_utils import kernel_log as klog
 from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as k
+from ansible_collections.kmodlab.lab.plugins.module_utils import params as kp
+from ansible_collections.kmodlab.lab.plugins.module_utils import proc_devices as kdev
 
 from kmodlab.selection import resolve
 
@@ -39,13 +42,13 @@ def decl(ptype, array=False, perm="0644", name="p", default=0):
     ],
 )
 def test_sysfs_value_scalars(ptype, value, text):
-    assert k.sysfs_value(decl(ptype), value) == text
+    assert kp.sysfs_value(decl(ptype), value) == text
 
 
 def test_sysfs_value_arrays():
-    assert k.sysfs_value(decl("int", array=True), [10, -20, 30]) == "10,-20,30"
-    assert k.sysfs_value(decl("bool", array=True), [True, False]) == "Y,N"
-    assert k.sysfs_value(decl("charp", array=True), ["a", "b c"]) == "a,b c"
+    assert kp.sysfs_value(decl("int", array=True), [10, -20, 30]) == "10,-20,30"
+    assert kp.sysfs_value(decl("bool", array=True), [True, False]) == "Y,N"
+    assert kp.sysfs_value(decl("charp", array=True), ["a", "b c"]) == "a,b c"
 
 
 @pytest.mark.parametrize(
@@ -63,8 +66,8 @@ def test_sysfs_value_arrays():
     ],
 )
 def test_unrepresentable_values_name_the_parameter(d, value, words):
-    with pytest.raises(k.ParamError, match=words) as exc:
-        k.sysfs_value(d, value)
+    with pytest.raises(kp.ParamError, match=words) as exc:
+        kp.sysfs_value(d, value)
     assert "parameter p" in str(exc.value)
 
 
@@ -76,21 +79,24 @@ def test_tokens_args_and_options_strings():
         "flag": decl("bool", name="flag"),
     }
     params = {"mystring": "hello lab", "myint": 7, "arr": [1, 2], "flag": True}
-    assert k.param_tokens(decls, params) == ["arr=1,2", "flag=Y", "myint=7", "mystring=hello lab"]
+    assert kp.param_tokens(decls, params) == ["arr=1,2", "flag=Y", "myint=7", "mystring=hello lab"]
     # community.general.modprobe shlex-splits its params: each token must survive whole
-    assert shlex.split(k.args_string(decls, params)) == k.param_tokens(decls, params)
+    assert shlex.split(kp.args_string(decls, params)) == kp.param_tokens(decls, params)
     # modprobe.d: the kernel groups a value with spaces by double quotes
-    assert k.options_string(decls, params) == 'arr=1,2 flag=Y myint=7 mystring="hello lab"'
-    with pytest.raises(k.ParamError, match="empty array"):
-        k.param_tokens(decls, {"arr": []})
-    with pytest.raises(k.ParamError, match="unknown parameter nope"):
-        k.param_tokens(decls, {"nope": 1})
+    assert kp.options_string(decls, params) == 'arr=1,2 flag=Y myint=7 mystring="hello lab"'
+    with pytest.raises(kp.ParamError, match="empty array"):
+        kp.param_tokens(decls, {"arr": []})
+    with pytest.raises(kp.ParamError, match="unknown parameter nope"):
+        kp.param_tokens(decls, {"nope": 1})
 
 
 def test_kmsg_and_proc_devices_parsing():
     text = "6,1,10,-;first\n SUBSYSTEM=x\n4,2,20,c;hello_5: `x' invalid for parameter `myint'\n"
-    assert k.parse_kmsg(text) == [(1, "first"), (2, "hello_5: `x' invalid for parameter `myint'")]
-    devices = k.parse_proc_devices(
+    assert klog.parse_kmsg(text) == [
+        (1, "first"),
+        (2, "hello_5: `x' invalid for parameter `myint'"),
+    ]
+    devices = kdev.parse_proc_devices(
         "Character devices:\n  1 mem\n 60 memory\n\nBlock devices:\n  8 sd\n"
     )
     assert devices == {"char": {1: ["mem"], 60: ["memory"]}, "block": {8: ["sd"]}}
@@ -103,15 +109,17 @@ def test_param_errors_and_mentions():
         "hello_5: unknown parameter 'ghost' ignored",
         "hello_50: something else",
     ]
-    errors = k.param_errors(lines)
+    errors = klog.param_errors(lines)
     assert [(e["param"], e["value"]) for e in errors] == [
         ("mylong", "hello"),
         ("myshort", "99999999999"),
         ("ghost", None),
     ]
-    regex = k.mention_regex({"name": "hello-5", "kmod": "hello_5"})
+    regex = klog.mention_regex({"name": "hello-5", "kmod": "hello_5"})
     assert [bool(regex.search(x)) for x in lines] == [True, True, True, False]
-    assert k.missing_patterns(["invalid for", "nothing like this"], lines) == ["nothing like this"]
+    assert klog.missing_patterns(["invalid for", "nothing like this"], lines) == [
+        "nothing like this"
+    ]
 
 
 # --------------------------------------------------------------------------- plan
@@ -199,7 +207,7 @@ def test_previous_params_for_rollback(records):
         "mystring": "hello lab",
     }  # mylong and mybool are at their defaults: left out
     assert k.previous_params(hello, UNLOADED, HELLO_RECORD) == {}
-    assert k.args_from_texts({"mystring": "a b", "x": "1"}) == "'mystring=a b' x=1"
+    assert kp.args_from_texts({"mystring": "a b", "x": "1"}) == "'mystring=a b' x=1"
 
 
 def test_plan_load_reload_unload_and_cascade(records):
@@ -252,3 +260,89 @@ def test_plan_absent_and_config(records):
     out = k.plan([config, absent], states)
     assert out["actions"] == {"hello-5": "none", "user": "unload"}
     assert out["unload"] == ["user"] and out["load"] == []
+
+
+# --------------------------------------------------------------------------- one rule per fact
+
+
+def test_a_major_of_0_fixes_no_major_everywhere(records):
+    from kmodlab.manifest import load_manifest
+
+    memory = records["memory"]
+    device = memory["manifest"]["expect"]["proc_devices"][0]
+    manifest = load_manifest(MODULES / "memory")
+    model_device = manifest.expect.proc_devices[0]
+    for value, major in ((0, None), ("0", None), (61, 61), ("0x3d", 61), (None, 60)):
+        rec = dict(memory, params={} if value is None else {"major": value})
+        assert kp.wanted_major(rec, device) == major
+        assert manifest.expected_major(model_device, rec["params"]) == major
+        want = kp.sysfs_value(kp.declarations(rec)["major"], value if value is not None else 60)
+        assert kp.dynamic_major(rec, "major", want) is (major is None)
+        # no conflict for a major the kernel chooses
+        taken = {"char": {60: ["other"], 61: ["other"]}, "block": {}}
+        assert bool(k.device_conflicts(rec, taken)) is (major is not None)
+    for fixed, major in (("dynamic", None), (0, None), (240, 240)):
+        assert kp.major_number(fixed) == major
+    assert kp.major_number(True) is None and kp.major_number("x") is None
+
+
+def test_options_line_splits_back_as_the_kernel_does():
+    decls = {
+        "s": decl("charp", name="s", default=""),
+        "a": decl("int", array=True, name="a", default=[]),
+        "b": decl("bool", name="b", default=False),
+    }
+    wanted = {"s": "hello lab", "a": [1, -2], "b": True}
+    assert kp.kernel_args(kp.options_string(decls, wanted)) == kp.normalise_args(decls, wanted)
+    assert kp.kernel_args('a=1 s="x y" t=') == {"a": "1", "s": "x y", "t": ""}
+
+
+def test_proc_devices_one_table_for_both_questions():
+    table = kdev.parse_proc_devices(
+        "Character devices:\n  1 mem\n 60 memory\n 61 memory\n240 gadget\n\n"
+        "Block devices:\n  8 sd\n 60 memblk\n"
+    )
+    assert kdev.majors_of(table, "memory") == [60, 61]
+    assert kdev.majors_of(table, "memblk", "block") == [60]
+    assert kdev.majors_of(table, "memory", "block") == []
+    assert kdev.owners(table, 60) == ["memory"] and kdev.owners(table, 60, "block") == ["memblk"]
+    assert kdev.owners(table, 99) == [] and kdev.majors_of({}, "x") == []
+
+
+def test_kernel_log_reader_falls_back_in_order(tmp_path):
+    calls = []
+
+    def run(answers):
+        def runner(argv):
+            calls.append(argv[0])
+            return answers.get(argv[0], (127, "", f"{argv[0]}: command not found"))
+
+        return runner
+
+    # a readable /dev/kmsg: sequence numbers and levels, nothing run
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "kmsg").write_text("6,7,1,-;hello_5: hi\n")
+    assert klog.read_kernel_log(str(tmp_path), run({})) == {
+        "source": "kmsg",
+        "records": [(7, 6, "hello_5: hi")],
+    }
+    assert calls == []
+    # another root without /dev/kmsg: nothing else is read
+    log = klog.read_kernel_log(str(tmp_path / "none"), run({"dmesg": (0, "x\n", "")}))
+    assert log["source"] == "none" and log["records"] == [] and calls == []
+    # the real root when /dev/kmsg cannot be read: dmesg, else journalctl -k
+    unreadable = str(tmp_path / "nope")
+    orig = klog.KMSG
+    try:
+        klog.KMSG = unreadable
+        log = klog.read_kernel_log("/", run({"dmesg": (0, "a\nb\n", "")}))
+        assert log == {"source": "dmesg", "records": [(None, None, "a"), (None, None, "b")]}
+        log = klog.read_kernel_log(
+            "/", run({"dmesg": (1, "", "denied"), "journalctl": (0, "c\n", "")})
+        )
+        assert log == {"source": "journalctl", "records": [(None, None, "c")]}
+        assert calls[-2:] == ["dmesg", "journalctl"]
+        log = klog.read_kernel_log("/", run({"dmesg": (1, "", "denied")}))
+        assert log["source"] == "none" and "journalctl" in log["error"]
+    finally:
+        klog.KMSG = orig

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.module_utils import kmod_config, params
 
 from kmodlab.selection import resolve
 from kmodlab.verify import checks
@@ -660,10 +661,32 @@ def test_not_observable_prefix():
     assert checks.NOT_OBSERVABLE == "not observable: "
 
 
-def test_expected_values_are_independent_of_the_role():
+def test_expected_values_come_from_the_module_utils():
+    # the checks use the normalisation kmod_load uses (module_utils/params.py)
+    assert checks.sysfs_value is params.sysfs_value
     p = {"type": "bool"}
-    assert [checks.expected_text(p, v) for v in (True, False, "y", 0)] == ["Y", "N", "Y", "N"]
-    assert checks.expected_text({"type": "int", "array": True}, [1, -2]) == "1,-2"
-    assert checks.kernel_args('a=1 s="x y" t=') == {"a": "1", "s": "x y", "t": ""}
-    assert checks.expected_major(recs()["memory"], {"name": "memory", "major_param": "major"}) == 61
-    assert checks.expected_major(recs()["gadget"], {"name": "gadget", "major": "dynamic"}) is None
+    assert [params.sysfs_value(p, v) for v in (True, False, "y", 0)] == ["Y", "N", "Y", "N"]
+    assert params.sysfs_value({"type": "int", "array": True}, [1, -2]) == "1,-2"
+    assert params.kernel_args('a=1 s="x y" t=') == {"a": "1", "s": "x y", "t": ""}
+    assert params.wanted_major(recs()["memory"], {"name": "memory", "major_param": "major"}) == 61
+    assert params.wanted_major(recs()["gadget"], {"name": "gadget", "major": "dynamic"}) is None
+
+
+def test_persistence_accepts_exactly_what_kmod_load_writes():
+    # the role writes kmod_config.wanted_files (the kmod_load_files filter); the check
+    # reads the same rule: those contents pass, and a file it does not write fails
+    for name, rec in recs().items():
+        data = healthy()
+        for path, content in kmod_config.wanted_files(rec).items():
+            if content is None:
+                data["stat"][path] = NONE
+                data["read"].pop(path, None)
+            else:
+                data["stat"][path] = f(0o644)
+                data["read"][path] = {"ok": True, "text": content}
+        assert problems(data, name, checks.persistence) == [], name
+        for path, content in kmod_config.wanted_files(rec).items():
+            if content is None:
+                extra = copy.deepcopy(data)
+                extra["stat"][path] = f(0o644)
+                assert problems(extra, name, checks.persistence), (name, path)

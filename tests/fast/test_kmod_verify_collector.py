@@ -1,5 +1,6 @@
 """The GNU build ID reader (module_utils, shared by the kmod_load probe and the verify
-collector), and what the collector's request asks for per state.
+collector), what the collector's request asks for per state, and how the collector
+travels: a zip of ``__main__.py`` and the module_utils it imports, run by a bootstrap.
 
 The build ID tells whether the loaded module is the installed .ko when neither has a
 srcversion (our modules on Debian 12: no MODULE_VERSION, no
@@ -11,19 +12,24 @@ CONFIG_MODULE_SRCVERSION_ALL). The kernel shows the loaded module's
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import lzma
+import os
 import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from ansible_collections.kmodlab.lab.plugins.module_utils import buildid as kmodlab_buildid
+from ansible_collections.kmodlab.lab.plugins.module_utils import files
 from kmod_fixtures import MODULES, SELECTION
 
 from kmodlab.selection import resolve
+from kmodlab.verify import observe
 from kmodlab.verify.expectations import Expectation
-from kmodlab.verify.observe import build_request, collector_source
+from kmodlab.verify.observe import build_request, collector_argv, collector_source
 
 BUILD_ID = bytes.fromhex("5cde13210ee5388f90b5bf10d67550c96eb0b534")
 KERNEL = "6.1.0-18-amd64"
@@ -111,16 +117,83 @@ def test_the_request_per_state(tmp_path: Path):
     assert "/var/lib/dkms/base" not in request["stat"]
 
 
+def run_collector(request: dict, cwd: Path, tmpdir: Path | None = None) -> dict:
+    """The collector as observe sends it (bootstrap, zip, request), under ``python3 -S``:
+    without site-packages, so the module_utils can only come from the zip."""
+    env = dict(os.environ, TMPDIR=str(tmpdir)) if tmpdir else None
+    proc = subprocess.run(
+        [sys.executable, "-S", *collector_argv(request)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+        env=env,
+    )
+    return json.loads(proc.stdout)
+
+
 def test_the_collector_reads_build_ids_on_the_host(tmp_path: Path):
     ko = tmp_path / "m.ko"
     ko.write_bytes(elf(note("<", b"GNU\0", 3, BUILD_ID)))
     request = {"build_id": [str(ko), str(tmp_path / "none.ko")]}
+    found = run_collector(request, tmp_path)["build_id"]
+    assert found[str(ko)] == {"ok": True, "build_id": BUILD_ID.hex()}
+    assert found[str(tmp_path / "none.ko")]["ok"] is False
+
+
+def test_the_collector_zip_imports_the_module_utils():
+    source = observe.COLLECTOR.read_text()
+    assert "exec(" not in source and "SHARED_SOURCES" not in source
+    names = zipfile.ZipFile(io.BytesIO(observe.collector_zip())).namelist()
+    package = "ansible_collections/kmodlab/lab/plugins/module_utils"
+    assert names[0] == "__main__.py"
+    assert {f"{package}/{m}.py" for m in ("buildid", "dkms_tree", "files", "kernel_log")} <= set(
+        names
+    )
+    # params comes along because kernel_log imports it (found as AnsiballZ finds them)
+    assert f"{package}/params.py" in names and f"{package}/__init__.py" in names
+    assert f"{package}/kmod.py" not in names
+    assert observe.collector_zip() == observe.collector_zip()
+    # one argument of the remote command: far below Linux's 128 KiB per argument
+    assert len(observe.collector_payload()) < observe.PAYLOAD_LIMIT < observe.ARG_LIMIT
+    assert len(observe.BOOTSTRAP) < 400
+
+
+def test_the_collector_observes_with_the_shared_readers(tmp_path: Path):
+    (tmp_path / "f").write_text("text\n")
+    os.chmod(tmp_path / "f", 0o640)
+    (tmp_path / "l").symlink_to(tmp_path / "f")
+    request = {
+        "stat": [str(tmp_path / "f"), str(tmp_path / "l"), str(tmp_path / "gone"), "/dev/null"],
+        "read": [str(tmp_path / "f"), str(tmp_path / "gone")],
+        "list": [str(tmp_path)],
+        "kernel_log": True,
+    }
+    private = tmp_path / "tmp"
+    private.mkdir()
+    out = run_collector(request, tmp_path, private)
+    assert out["stat"][str(tmp_path / "f")] == files.stat_path(str(tmp_path / "f"))
+    assert out["stat"][str(tmp_path / "f")]["mode"] == 0o640
+    assert out["stat"][str(tmp_path / "l")]["link"] is True
+    assert out["stat"][str(tmp_path / "gone")] == {
+        "exists": False,
+        "error": "No such file or directory",
+    }
+    assert out["stat"]["/dev/null"]["type"] == "char"
+    assert out["read"][str(tmp_path / "f")] == {"ok": True, "text": "text\n"}
+    assert out["read"][str(tmp_path / "gone")]["ok"] is False
+    assert out["list"][str(tmp_path)] == ["f", "l", "tmp"]
+    assert out["kernel_log"]["source"] in ("kmsg", "dmesg", "journalctl", "none")
+    # the bootstrap leaves no temporary zip behind
+    assert os.listdir(private) == []
+
+
+def test_collector_source_runs_the_same_zip(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, "-c", collector_source(), json.dumps(request)],
+        [sys.executable, "-S", "-c", collector_source(), json.dumps({"list": [str(tmp_path)]})],
         capture_output=True,
         text=True,
         check=True,
+        cwd=tmp_path,
     )
-    found = json.loads(proc.stdout)["build_id"]
-    assert found[str(ko)] == {"ok": True, "build_id": BUILD_ID.hex()}
-    assert found[str(tmp_path / "none.ko")]["ok"] is False
+    assert json.loads(proc.stdout)["list"] == {str(tmp_path): []}

@@ -1,11 +1,12 @@
-"""Fast tier: the kmodlab_dkms Ansible module, with dkms mocked.
+"""Fast tier: the kmodlab.lab.dkms Ansible module (executor and planner), with dkms mocked.
 
 ``AnsibleModule.run_command`` is replaced by ``FakeDkms``, a small model of dkms 3.0.10's
 add/build/install/uninstall/remove (behaviour checked against the real one on Debian 12)
 that keeps dkms's tree in a scratch folder, laid out as dkms lays it out (the module reads
 its state from there; the VM tier checks that reading against the real ``dkms status``);
 ``get_bin_path`` and the /lib/modules, /boot and /etc paths point there too. Each test
-asserts on the module's result and on the commands it ran.
+asserts on the module's result and on the commands it ran. The planner alone, on plain
+data, is tested in test_dkms_plan.py.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from dkms_tree import DkmsTree
 
 REPO = Path(__file__).resolve().parents[2]
 kmodlab_dkms = importlib.import_module("ansible_collections.kmodlab.lab.plugins.modules.dkms")
+dkms_tree_reader = importlib.import_module(
+    "ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree"
+)
 
 K = "6.1.0-56-amd64"
+K2 = "6.1.0-99-amd64"
 ARCH = os.uname()[4]
 DKMS = "/usr/sbin/dkms"
 DEPMOD = "/usr/sbin/depmod"
@@ -158,7 +163,15 @@ class FakeDkms:
     def __call__(self, module, argv, **kwargs):
         result = self.dispatch(module, argv, **kwargs)
         with self.lock:
-            self.sync(only=argv[argv.index("-m") + 1] if "-m" in argv else None)
+            if argv[0] == DKMS and argv[1] == "build":
+                # dkms build writes VERSION/KERNEL/ARCH only: an install or a check of the
+                # same package for another kernel may run meanwhile.
+                name, version = argv[argv.index("-m") + 1], argv[argv.index("-v") + 1]
+                kernel = argv[argv.index("-k") + 1]
+                if self.reg.get((name, version), {}).get(kernel) == "built":
+                    self.layout.build(name, version, kernel)
+            else:
+                self.sync(only=argv[argv.index("-m") + 1] if "-m" in argv else None)
         return result
 
     def dispatch(self, _module, argv, **kwargs):
@@ -166,12 +179,6 @@ class FakeDkms:
         with self.lock:
             self.calls.append(argv)
         if argv[0] == DEPMOD:
-            return 0, "", ""
-        if argv[0] == OPENSSL:
-            # req -x509 -newkey ... -keyout KEY -outform DER -out CERT, as dkms runs it
-            assert argv[1:3] == ["req", "-new"] and "/CN=DKMS module signing key" in argv
-            Path(argv[argv.index("-keyout") + 1]).write_text("key")
-            Path(argv[argv.index("-out") + 1]).write_text("cert")
             return 0, "", ""
         assert argv[0] == DKMS, argv
         assert kwargs.get("environ_update", {}).get("LC_ALL") == "C"
@@ -316,7 +323,7 @@ def dkms(tmp_path, monkeypatch):
 def run(fake, packages, check=False, diff=False, bins=("dkms", "depmod"), **args):
     params = {
         "packages": packages,
-        "kernel": K,
+        "kernels": [K],
         "source_root": str(fake.src),
         "dkms_tree": str(fake.tree),
         "_ansible_check_mode": check,
@@ -450,7 +457,7 @@ def test_added_only_is_built_and_installed(dkms):
 def test_built_only_is_installed(dkms):
     dkms.register("hello", "1.0", state="built")
     (dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256").write_text(
-        kmodlab_dkms.source_digest(str(dkms.src / "hello-1.0")) + "\n"
+        dkms_tree_reader.source_digest(str(dkms.src / "hello-1.0")) + "\n"
     )
     res = run(dkms, [pkg("hello", "1.0")])
     assert by_name(res)["hello"]["actions"] == ["install"]
@@ -610,39 +617,53 @@ def test_bad_dkms_conf_fails_at_add(dkms):
 # -- versions ----------------------------------------------------------------------------
 
 
-def test_new_version_replaces_the_old_one_after_it_is_installed(dkms):
+def test_new_version_is_installed_beside_the_old_one_and_prune_removes_that(dkms):
     run(dkms, [pkg("hello", "1.0")])
     dkms.calls.clear()
     res = run(dkms, [pkg("hello", "2.0")])
     p = by_name(res)["hello"]
-    assert p["actions"] == [
-        "sources",
-        "add",
-        "build",
-        "install",
-        "remove 1.0",
-        f"delete {dkms.src}/hello-1.0",
-    ]
-    assert p["before"] == {"1.0": "installed"} and p["after"] == {"2.0": "installed"}
-    assert p["removed_versions"] == ["1.0"]
-    # the old one goes only after the new one is installed (with the version override)
-    assert dkms.commands() == [
-        "add hello/2.0",
-        "build hello/2.0",
-        "install hello/2.0",
-        "remove hello/1.0",
-    ]
+    assert p["actions"] == ["sources", "add", "build", "install"]
+    # the old one stays registered and built, with its sources: a rollback target
+    assert p["before"] == {"1.0": "installed"}
+    assert p["after"] == {"1.0": "built", "2.0": "installed"}
+    assert p["removed_versions"] == [] and res["prunable"] == ["hello"]
+    assert dkms.commands() == ["add hello/2.0", "build hello/2.0", "install hello/2.0"]
     install = next(a for a in dkms.calls if a[1] == "install")
     assert "--force-version-override" in install
+    assert (dkms.src / "hello-1.0").is_dir()
+    assert dkms.reg == {("hello", "1.0"): {K: "built"}, ("hello", "2.0"): {K: "installed"}}
+    # the old one goes only in the prune stage, after the new one is installed
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], stage="prune")
+    p = by_name(res)["hello"]
+    assert p["actions"] == ["remove 1.0", f"delete {dkms.src}/hello-1.0"]
+    assert p["before"] == {"1.0": "built", "2.0": "installed"}
+    assert p["after"] == {"2.0": "installed"} and p["removed_versions"] == ["1.0"]
+    assert res["changed"] is True and res["held"] == [] and res["prunable"] == []
+    assert dkms.commands() == ["remove hello/1.0"]
+    assert dkms.depmods() == []  # 1.0 was installed nowhere any more
     assert not (dkms.src / "hello-1.0").exists()
     assert dkms.reg == {("hello", "2.0"): {K: "installed"}}
+    again = run(dkms, [pkg("hello", "2.0")], stage="prune")
+    assert again["changed"] is False and by_name(again)["hello"]["actions"] == []
+
+
+def test_the_install_stage_never_removes_another_version(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    run(dkms, [pkg("hello", "2.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")])
+    assert res["changed"] is False and dkms.calls == []
+    assert res["prunable"] == ["hello"]
 
 
 def test_downgrade_works_the_same_way(dkms):
     run(dkms, [pkg("hello", "2.0")])
     res = run(dkms, [pkg("hello", "1.0")])
-    assert by_name(res)["hello"]["after"] == {"1.0": "installed"}
+    assert by_name(res)["hello"]["after"] == {"1.0": "installed", "2.0": "built"}
     assert ("hello", "1.0") not in dkms.diff
+    res = run(dkms, [pkg("hello", "1.0")], stage="prune")
+    assert by_name(res)["hello"]["after"] == {"1.0": "installed"}
 
 
 def test_failed_new_version_keeps_the_old_one_installed(dkms):
@@ -652,6 +673,7 @@ def test_failed_new_version_keeps_the_old_one_installed(dkms):
     p = by_name(res)["hello"]
     assert p["failed"] is True and p["step"] == "build"
     assert p["after"] == {"1.0": "installed"} and p["status"] == "absent"
+    assert res["prunable"] == []
     assert dkms.reg == {("hello", "1.0"): {K: "installed"}}
     assert (dkms.src / "hello-1.0").is_dir()
     assert json.loads(fact.read_text())["hello"] == {
@@ -663,26 +685,74 @@ def test_failed_new_version_keeps_the_old_one_installed(dkms):
     }
 
 
-def test_check_mode_predicts_the_replacement(dkms):
+def test_prune_leaves_a_package_whose_wanted_version_is_not_installed(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    run(dkms, [pkg("hello", "2.0", c=BAD_C)])  # leaves /usr/src/hello-2.0, 1.0 installed
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0", c=BAD_C)], stage="prune")
+    assert "failed" not in res and res["changed"] is False
+    assert res["held"] == ["hello"]
+    p = by_name(res)["hello"]
+    assert p["actions"] == [] and p["removed_versions"] == []
+    assert p["notes"] == [
+        f"hello 2.0 is not installed (or differs from its build) for {K}: 1.0 of hello stay "
+        "until it is"
+    ]
+    assert dkms.calls == [] and (dkms.src / "hello-1.0").is_dir()
+    assert dkms.reg == {("hello", "1.0"): {K: "installed"}}
+
+
+def test_prune_writes_no_sources_and_builds_nothing(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], stage="prune")
+    assert res["held"] == ["hello"] and dkms.calls == []
+    assert not (dkms.src / "hello-2.0").exists()
+
+
+def test_check_mode_predicts_the_install_and_the_prune(dkms):
     run(dkms, [pkg("hello", "1.0")])
     dkms.calls.clear()
     res = run(dkms, [pkg("hello", "2.0")], check=True, diff=True)
     p = by_name(res)["hello"]
-    assert p["removed_versions"] == ["1.0"] and p["after"] == {"2.0": "installed"}
+    assert p["removed_versions"] == [] and p["after"] == {"1.0": "built", "2.0": "installed"}
+    assert res["prunable"] == ["hello"]
     assert dkms.commands() == []
     assert res["diff"][0]["before"] == f"hello/1.0, {K}, {ARCH}: installed\n"
+    assert res["diff"][0]["after"] == (
+        f"hello/1.0, {K}, {ARCH}: built\nhello/2.0, {K}, {ARCH}: installed\n"
+    )
+    run(dkms, [pkg("hello", "2.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], stage="prune", check=True, diff=True)
+    p = by_name(res)["hello"]
+    assert p["removed_versions"] == ["1.0"] and p["after"] == {"2.0": "installed"}
+    assert p["actions"] == ["remove 1.0", f"delete {dkms.src}/hello-1.0"]
+    assert res["changed"] is True and dkms.calls == []
+    assert (dkms.src / "hello-1.0").is_dir()
     assert res["diff"][0]["after"] == f"hello/2.0, {K}, {ARCH}: installed\n"
 
 
-def test_leftovers_of_other_versions_go_once_the_wanted_one_is_installed(dkms):
+def test_leftovers_of_other_versions_go_in_the_prune_once_the_wanted_one_is_installed(dkms):
     run(dkms, [pkg("hello", "1.0")])
     run(dkms, [pkg("hello", "2.0", c=BAD_C)])  # leaves /usr/src/hello-2.0
     # a folder of another package whose name starts alike must survive
     (dkms.src / "hello-extra-1.0").mkdir()
     (dkms.src / "hello-extra-1.0/dkms.conf").write_text('PACKAGE_NAME="hello-extra"\n')
     res = run(dkms, [pkg("hello", "1.0")])
+    assert by_name(res)["hello"]["actions"] == [] and res["prunable"] == ["hello"]
+    assert (dkms.src / "hello-2.0").is_dir()
+    res = run(dkms, [pkg("hello", "1.0")], stage="prune")
     assert by_name(res)["hello"]["actions"] == [f"delete {dkms.src}/hello-2.0"]
+    assert not (dkms.src / "hello-2.0").exists()
     assert (dkms.src / "hello-extra-1.0").is_dir()
+
+
+def test_prune_ignores_absent_packages(dkms):
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [{"name": "hello", "version": "1.0", "state": "absent"}], stage="prune")
+    assert res["changed"] is False and dkms.calls == []
 
 
 # -- absent --------------------------------------------------------------------------------
@@ -705,6 +775,142 @@ def test_absent_removes_every_version_and_its_sources(dkms):
     assert again["changed"] is False
 
 
+# -- several kernels ---------------------------------------------------------------------
+
+
+def with_headers(fake, kernel=K2):
+    (fake.lib / kernel / "build").mkdir(parents=True, exist_ok=True)
+    return kernel
+
+
+def fail_builds_for(fake, kernel):
+    """Builds for ``kernel`` fail as a compile error does; the others work."""
+    dispatch = fake.dispatch
+
+    def failing(module, argv, **kwargs):
+        if argv[1] == "build" and argv[argv.index("-k") + 1] == kernel:
+            fake.calls.append(list(argv))
+            return 10, "(bad exit status: 2)\n", "Error! Bad return status\n"
+        return dispatch(module, argv, **kwargs)
+
+    fake.dispatch = failing
+
+
+def test_several_kernels_in_one_call(dkms):
+    with_headers(dkms)
+    fact = dkms.root / "facts.d/dkms.fact"
+    dkms.build_delay = 0.2
+    res = run(
+        dkms,
+        [pkg("hello", "1.0"), pkg("chardev", "2.0")],
+        kernels=[K, K2],
+        jobs=2,
+        fact_path=str(fact),
+    )
+    assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
+    assert (res["kernel"], res["kernels"]) == (K, [K, K2])
+    p = by_name(res)["hello"]
+    assert sorted(p["actions"]) == sorted(
+        ["sources", "add", f"build {K}", f"install {K}", f"build {K2}", f"install {K2}"]
+    )
+    assert p["actions"][:2] == ["sources", "add"]
+    assert set(p["timing"]) == {"add", f"build {K}", f"install {K}", f"build {K2}", f"install {K2}"}
+    for kernel in (K, K2):
+        assert p["kernels"][kernel] == {
+            "before": {},
+            "after": {"1.0": "installed"},
+            "status": "installed",
+            "actions": ["build", "install"],
+            "failed": False,
+        }
+    assert p["kernel"] == K and p["status"] == "installed"
+    assert dkms.reg[("hello", "1.0")] == {K: "installed", K2: "installed"}
+    # one depmod per kernel, at the end
+    assert dkms.depmods() == [[DEPMOD, "-a", K], [DEPMOD, "-a", K2]]
+    assert res["depmod"] == [K, K2]
+    # builds of one package share its build folder: they never overlap
+    for name in ("hello", "chardev"):
+        mine = [e for e, n in dkms.events if n == name]
+        assert mine == ["start", "end", "start", "end"], dkms.events
+    assert json.loads(fact.read_text())["hello"]["kernels"] == {K: "installed", K2: "installed"}
+    dkms.calls.clear()
+    again = run(dkms, [pkg("hello", "1.0"), pkg("chardev", "2.0")], kernels=[K, K2])
+    assert again["changed"] is False and dkms.calls == []
+
+
+def test_a_second_kernel_gets_only_what_it_lacks(dkms):
+    with_headers(dkms)
+    run(dkms, [pkg("hello", "1.0")])
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "1.0")], kernels=[K, K2])
+    p = by_name(res)["hello"]
+    assert p["actions"] == [f"build {K2}", f"install {K2}"]
+    assert p["kernels"][K]["actions"] == [] and p["kernels"][K2]["actions"] == ["build", "install"]
+    assert p["kernels"][K2]["before"] == {"1.0": "added"}
+    assert dkms.commands() == ["build hello/1.0", "install hello/1.0"]
+    assert dkms.depmods() == [[DEPMOD, "-a", K2]]
+
+
+def test_check_mode_with_several_kernels(dkms):
+    with_headers(dkms)
+    res = run(dkms, [pkg("hello", "1.0")], kernels=[K, K2], check=True, diff=True)
+    p = by_name(res)["hello"]
+    assert p["actions"] == [
+        "sources",
+        "add",
+        f"build {K}",
+        f"install {K}",
+        f"build {K2}",
+        f"install {K2}",
+    ]
+    assert p["kernels"][K2]["after"] == {"1.0": "installed"} and res["depmod"] == [K, K2]
+    assert res["diff"][0]["after"] == (
+        f"hello/1.0, {K}, {ARCH}: installed\nhello/1.0, {K2}, {ARCH}: installed\n"
+    )
+    assert dkms.calls == []
+
+
+def test_a_kernel_without_headers_fails_the_call_before_anything_runs(dkms):
+    res = run(dkms, [pkg("hello", "1.0")], kernels=[K, K2])
+    assert res["failed"] is True and f"no kernel headers for {K2}" in res["msg"]
+    assert f"no kernel headers for {K} " not in res["msg"]
+    assert res["kernels"] == [K, K2]
+    assert dkms.calls == [] and not (dkms.src / "hello-1.0").exists()
+
+
+def test_a_build_failing_for_one_kernel_keeps_the_other(dkms):
+    with_headers(dkms)
+    fail_builds_for(dkms, K2)
+    res = run(dkms, [pkg("hello", "1.0")], kernels=[K, K2])
+    assert res["failed_packages"] == ["hello"]
+    p = by_name(res)["hello"]
+    assert p["step"] == "build" and p["kernels"][K2]["failed"] is True
+    assert p["kernels"][K]["failed"] is False and p["kernels"][K]["status"] == "installed"
+    assert p["status"] == "added"  # the lowest of the kernels
+    # installed for one kernel: not removed as a failed new version
+    assert dkms.reg[("hello", "1.0")] == {K: "installed"}
+    assert "remove" not in " ".join(p["actions"])
+    assert dkms.depmods() == [[DEPMOD, "-a", K]]
+
+
+def test_prune_waits_for_every_kernel(dkms):
+    with_headers(dkms)
+    run(dkms, [pkg("hello", "1.0")], kernels=[K, K2])
+    run(dkms, [pkg("hello", "2.0")])  # only for K
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], kernels=[K, K2], stage="prune")
+    assert res["held"] == ["hello"] and dkms.calls == []
+    assert K2 in by_name(res)["hello"]["notes"][0]
+    res = run(dkms, [pkg("hello", "2.0")], kernels=[K, K2])
+    assert res["prunable"] == ["hello"]
+    # 1.0 is now built, not installed, for both kernels
+    assert by_name(res)["hello"]["kernels"][K2]["after"] == {"1.0": "built", "2.0": "installed"}
+    dkms.calls.clear()
+    res = run(dkms, [pkg("hello", "2.0")], kernels=[K, K2], stage="prune")
+    assert dkms.commands() == ["remove hello/1.0"]
+    assert dkms.reg == {("hello", "2.0"): {K: "installed", K2: "installed"}}
+
+
 # -- concurrency -----------------------------------------------------------------------
 
 
@@ -722,30 +928,37 @@ def test_jobs_limits_the_concurrent_builds(dkms):
     assert dkms.max_running == 1
 
 
-def test_without_a_signing_key_or_openssl_the_first_build_runs_alone(dkms):
+def test_without_a_signing_key_the_first_build_runs_alone_and_none_is_made(dkms):
     (dkms.tree / "mok.key").unlink()
     # the first build waits out the delay alone, the other two meet
     dkms.build_delay, dkms.together = 1.5, 2
-    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3, bins=BINS_OPENSSL)
     assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
     # dkms generates its key on the first build: no other build starts before it is done
     assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
     assert dkms.max_running == 2
     assert len(dkms.commands("install")) == 3
+    # the module itself makes no key, even with openssl at hand
+    assert all(a[0] != OPENSSL for a in dkms.calls)
+    assert not (dkms.tree / "mok.key").exists()
 
 
-def test_without_a_signing_key_it_is_made_first_then_all_builds_run_at_once(dkms):
-    (dkms.tree / "mok.key").unlink()
-    (dkms.tree / "mok.pub").unlink()
+def test_the_key_framework_conf_names_is_the_one_looked_for(dkms, tmp_path):
+    conf = tmp_path / "etc/dkms/framework.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f'mok_signing_key="{tmp_path}/keys/signing.key"\n')
+    dkms.build_delay, dkms.together = 1.5, 2
+    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3)
+    assert res["failed_packages"] == []
+    assert dkms.events[:2] == [("start", "m0"), ("end", "m0")]
+    # once it is there, all builds run at once
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys/signing.key").write_text("key")
+    dkms.events.clear()
+    dkms.max_running = 0
     dkms.build_delay, dkms.together = 10, 3
-    res = run(dkms, [pkg(f"m{i}", "1.0") for i in range(3)], jobs=3, bins=BINS_OPENSSL)
-    assert res["failed_packages"] == [], [p.get("msg") for p in res["packages"]]
-    first_build = next(i for i, a in enumerate(dkms.calls) if a[0] == DKMS and a[1] == "build")
-    assert [a[0] for a in dkms.calls[:first_build]].count(OPENSSL) == 1
-    assert dkms.max_running == 3
-    key = dkms.tree / "mok.key"
-    assert key.read_text() == "key" and oct(key.stat().st_mode & 0o777) == "0o600"
-    assert (dkms.tree / "mok.pub").read_text() == "cert"
+    res = run(dkms, [pkg(f"n{i}", "1.0") for i in range(3)], jobs=3)
+    assert res["failed_packages"] == [] and dkms.max_running == 3
 
 
 def test_ubuntu_keys_are_left_to_dkms_and_the_first_build_runs_alone(dkms, tmp_path):
@@ -930,12 +1143,32 @@ def test_documentation_options_match_the_argument_spec():
 
 def test_examples_and_return_are_valid_yaml():
     examples = yaml.safe_load(kmodlab_dkms.EXAMPLES)
-    assert all("kmodlab_dkms" in task for task in examples)
+    assert all("kmodlab.lab.dkms" in task for task in examples)
     returned = yaml.safe_load(kmodlab_dkms.RETURN)
-    for key in ("kernel", "packages", "failed_packages", "depmod", "fact_changed"):
+    for key in (
+        "stage",
+        "kernel",
+        "kernels",
+        "packages",
+        "failed_packages",
+        "prunable",
+        "held",
+        "depmod",
+        "fact_changed",
+    ):
         assert returned[key]["description"] and returned[key]["returned"]
     result_keys = set(returned["packages"]["contains"])
-    assert {"name", "version", "before", "after", "changed", "actions", "log_tail"} <= result_keys
+    assert {
+        "name",
+        "version",
+        "kernels",
+        "before",
+        "after",
+        "changed",
+        "actions",
+        "notes",
+        "log_tail",
+    } <= result_keys
 
 
 def test_returned_package_keys_are_all_documented(dkms):
@@ -949,7 +1182,13 @@ def test_returned_package_keys_are_all_documented(dkms):
 
 def test_the_module_does_not_import_kmodlab():
     """Targets do not have the kmodlab package; only ansible.module_utils may be imported."""
-    for path in (REPO / "plugins/modules/dkms.py", REPO / "plugins/module_utils/dkms_tree.py"):
+    utils = REPO / "plugins/module_utils"
+    for path in (
+        REPO / "plugins/modules/dkms.py",
+        utils / "dkms_tree.py",
+        utils / "dkms_plan.py",
+        utils / "dkms_exec.py",
+    ):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

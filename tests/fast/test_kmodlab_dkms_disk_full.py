@@ -1,4 +1,4 @@
-"""Fast tier: kmodlab_dkms on a full disk (the fake dkms of test_kmodlab_dkms.py).
+"""Fast tier: kmodlab.lab.dkms on a full disk (the fake dkms of test_kmodlab_dkms.py).
 
 A new version whose build or sources hit "No space left on device" leaves nothing half
 added: not in DKMS, no source folder of its own (the controller has the same files, and
@@ -12,12 +12,13 @@ import errno
 import os
 
 import pytest
-from test_kmodlab_dkms import (
+
+# dkms is the fixture, used by name
+from test_kmodlab_dkms import (  # pylint: disable=unused-import
     ARCH,
     K,
     by_name,
-    dkms,  # noqa: F401 (the fixture, used by name)
-    kmodlab_dkms,
+    dkms,  # noqa: F401
     pkg,
     run,
 )
@@ -80,7 +81,8 @@ def test_sources_that_do_not_fit_leave_no_folder(dkms, monkeypatch):  # noqa: F8
         handle.close()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(kmodlab_dkms.os, "fdopen", no_space)
+    # the one atomic write (module_utils/files.py) the module writes sources with
+    monkeypatch.setattr(os, "fdopen", no_space)
     res = run(dkms, [pkg("hello", "2.0")])
     p = by_name(res)["hello"]
     assert p["step"] == "sources"

@@ -1,4 +1,4 @@
-"""Fast tier: DKMS state read from dkms's tree (module_utils/kmodlab_dkms_status.py).
+"""Fast tier: DKMS state read from dkms's tree (module_utils/dkms_tree.py).
 
 ``Tree`` lays packages out the way dkms 3.0.10 does on Debian 12 (``dkms_tree.py``); the
 expected lines are the ones its ``dkms status`` printed for

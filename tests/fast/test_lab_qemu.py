@@ -168,5 +168,5 @@ def test_probe_kvm_success_on_panic(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     fake.chmod(0o755)
     monkeypatch.setattr(qemu, "QEMU", str(fake))
-    usable, _ = qemu.probe_kvm(tmp_path / "vmlinuz", timeout=10)
+    usable, _reason = qemu.probe_kvm(tmp_path / "vmlinuz", timeout=10)
     assert usable

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as kmodlab_kmod
+from ansible_collections.kmodlab.lab.plugins.module_utils import kernel_log as kmodlab_log
+from ansible_collections.kmodlab.lab.plugins.module_utils import params as kmodlab_params
 
 from kmodlab.manifest import MANIFEST_FILE, Manifest, load_all, load_manifest
 
@@ -333,13 +334,13 @@ def test_log_captures_what_the_module_prints(name: str) -> None:
         if p.log is None:
             continue
         decl = p.model_dump(mode="json")
-        value = kmodlab_kmod.sysfs_value(decl, p.default)
+        value = kmodlab_params.sysfs_value(decl, p.default)
         lines = []
         for fmt in formats:
             if len(_CONVERSION.findall(fmt)) != 1:
                 continue
             lines.append(f"{m.kmod}: {_fill(fmt, value)}")
-        found = kmodlab_kmod.logged_value(decl, lines)
+        found = kmodlab_log.logged_value(decl, lines)
         assert found is not None, f"{name}: log of {p.name} matches no pr_*() line {lines}"
         assert found["text"] == value, f"{name}: log of {p.name} reads {found} for {value!r}"
 

@@ -110,3 +110,21 @@ def test_meta_main_declares_no_dependencies(role):
     assert meta is not _MISSING, f"roles/{role}/meta/main.yml is missing"
     assert meta.get("dependencies") == [], f"roles/{role}/meta/main.yml: dependencies must be []"
     assert meta.get("galaxy_info", {}).get("platforms"), f"roles/{role}: galaxy_info.platforms"
+
+
+SELECTION_ROLES = ("dkms_module", "kmod_load", "kmod_verify")
+
+
+@pytest.mark.parametrize("role", SELECTION_ROLES)
+def test_a_stage_role_takes_the_resolved_selection_not_layers(role):
+    """The layers (kmodlab_modules and its group and host layers) exist once, at the play
+    level; a stage role takes the records kmodlab.lab.selection resolved from them."""
+    defaults = _defaults(role)
+    assert f"{role}_selection" in defaults and defaults[f"{role}_selection"] is None
+    layered = [n for n in defaults if n.endswith(("_modules", "_manifest_dir"))]
+    assert not layered, f"roles/{role}: selection layers belong to the play: {layered}"
+    preflight = (ROLES_DIR / role / "tasks" / "preflight.yml").read_text()
+    assert "kmodlab.lab.selection:" in preflight
+    text = "".join(p.read_text() for p in (ROLES_DIR / role).rglob("*.yml"))
+    for old in ("lists_mergeby", "kmodlab_modules'", "namespace("):
+        assert old not in text, f"roles/{role} still has {old}"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kmodlab.manifest import ManifestError
-from kmodlab.selection import SelectionError, resolve
+from kmodlab.selection import SelectionError, merge_layers, resolve, resolve_layers
 
 MODULES = Path(__file__).resolve().parents[2] / "modules"
 
@@ -73,16 +73,68 @@ def test_dependencies_first_and_must_be_selected(tmp_path: Path) -> None:
     assert order.index("startstop") < order.index("hello-2")
 
 
-def test_the_symbol_pair_comes_exporter_first_and_names_its_dependents() -> None:
+def test_the_symbol_pair_comes_exporter_first() -> None:
     records = resolve(MODULES, [{"name": "symuse"}, {"name": "symexport"}])
     assert [r["name"] for r in records] == ["symexport", "symuse"]
     by_name = {r["name"]: r for r in records}
-    assert by_name["symexport"]["dependents"] == ["symuse"]
-    assert by_name["symuse"]["dependents"] == []
     assert by_name["symuse"]["manifest"]["depends"] == ["symexport"]
-    # dependents come from the manifests, whether or not the dependent is selected
-    (alone,) = resolve(MODULES, [{"name": "symexport"}])
-    assert alone["dependents"] == ["symuse"]
+
+
+def test_only_the_selected_manifests_and_their_dependencies_are_read(tmp_path: Path) -> None:
+    shutil.copytree(MODULES, tmp_path / "modules")
+    (tmp_path / "modules/hello-1/module.yml").write_text("name: [broken\n")
+    (tmp_path / "modules/chardev/module.yml").write_text("depends: nothing\n")
+    records = resolve(tmp_path / "modules", [{"name": "symuse"}, {"name": "symexport"}])
+    assert [r["name"] for r in records] == ["symexport", "symuse"]
+    with pytest.raises(ManifestError) as exc:
+        resolve(tmp_path / "modules", [{"name": "hello-1"}])
+    assert "hello-1/module.yml" in str(exc.value)
+
+
+def test_an_unknown_dependency_names_the_manifest_that_needs_it(tmp_path: Path) -> None:
+    shutil.copytree(MODULES, tmp_path / "modules")
+    shutil.rmtree(tmp_path / "modules/symexport")
+    with pytest.raises(ManifestError) as exc:
+        resolve(tmp_path / "modules", [{"name": "symuse"}])
+    assert "symuse/module.yml: field depends: unknown module 'symexport'" in str(exc.value)
+
+
+def test_layers_merge_by_name_later_wins_params_key_by_key() -> None:
+    merged = merge_layers(
+        [
+            ("kmodlab_modules", [{"name": "hello-5", "params": {"myint": 1, "mylong": 2}}]),
+            ("kmodlab_group_modules", [{"name": "memory"}, {"name": "hello-5", "persist": False}]),
+            ("kmodlab_host_modules", [{"name": "hello-5", "params": {"myint": 9}}]),
+        ]
+    )
+    assert merged == [
+        {"name": "hello-5", "params": {"myint": 9, "mylong": 2}, "persist": False},
+        {"name": "memory"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("hello-5", "kmodlab_group_modules must be a list of mappings"),
+        ({"name": "hello-5"}, "kmodlab_group_modules must be a list of mappings"),
+        (["hello-5"], "kmodlab_group_modules[0]: each entry is a mapping with at least a name"),
+        ([{"params": {}}], "kmodlab_group_modules[0]: each entry is a mapping"),
+        ([{"name": "a"}, {"name": "a"}], "kmodlab_group_modules[1].name: module 'a' is selected"),
+    ],
+)
+def test_a_bad_layer_is_named(layer: object, message: str) -> None:
+    with pytest.raises(SelectionError) as exc:
+        merge_layers([("kmodlab_modules", []), ("kmodlab_group_modules", layer)])
+    assert message in str(exc.value)
+
+
+def test_resolved_layers_name_the_merged_variables_in_errors() -> None:
+    with pytest.raises(SelectionError) as exc:
+        resolve_layers(
+            MODULES, [("kmodlab_modules", [{"name": "nope"}]), ("kmodlab_host_modules", [])]
+        )
+    assert "kmodlab_modules (merged with kmodlab_host_modules)[0].name: unknown" in str(exc.value)
 
 
 @pytest.mark.parametrize(

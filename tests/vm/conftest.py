@@ -78,7 +78,7 @@ def guests(
     test_lab: vms.Lab, images: dict[str, image.Image], mok_cert: tuple[Path, Path]
 ) -> Iterator[dict[str, Guest]]:
     """Boot the plain and the Secure Boot VM at once; destroy them at the end."""
-    cert, _ = mok_cert
+    cert, _key = mok_cert
     existing = test_lab.load()
     stale = [n for n in (PLAIN, SB) if n in existing]
     if stale:

@@ -204,10 +204,10 @@ ROUND1: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def test_round1_each_fault_caught_named_and_repaired(converged: Guest, report_dir: Path) -> None:
-    for command, _ in ROUND1.values():
+    for command, _checks in ROUND1.values():
         converged.run(f"sudo bash -c {shlex.quote(command)}")
     output, report = verify_alone(converged, report_dir / "verify")
-    assert_caught(output, report, {m: checks for m, (_, checks) in ROUND1.items()})
+    assert_caught(output, report, {m: checks for m, (_command, checks) in ROUND1.items()})
 
     dry = assert_check_mode_changes_nothing(converged, expect_changes=True)
     assert "hello-1" in dry and "hello-5" in dry and "procfs1" in dry

@@ -119,7 +119,7 @@ def vm_up(step: Step, ctx: Ctx) -> None:
 
 def ssh(step: Step, ctx: Ctx) -> None:
     """Run on the tier's VM as written; stdout must be the README's output, line for line."""
-    _, _, name, *command = step.words
+    _kmodlab, _ssh, name, *command = step.words
     target = ctx.guest(name)
     proc = kmodlab("ssh", target.vm.name, *command, lab=target.lab, check=False)
     assert proc.returncode == 0, f"{step}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}"

@@ -1,22 +1,25 @@
-# GPL-2.0-only
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Target side of the verify suite: observe paths and run commands, print JSON.
 
-This file is sent to the host as ``python3 -c SOURCE REQUEST`` (standard library
-only, no kmodlab import) so that one round trip observes everything a host's tests
-need. It makes no decisions: the checks run on the controller
-(``kmodlab.verify.checks``). The request (JSON, argv[1]) holds:
+It is sent to the host as the ``__main__.py`` of a zip that also holds the
+collection's ``plugins/module_utils`` (``kmodlab.verify.observe.collector_zip``), so
+it imports the same readers as the Ansible modules, as they import them; the host needs
+nothing but python3. One round trip observes everything a host's tests need. It makes
+no decisions: the checks run on the controller (``kmodlab.verify.checks``). The request
+(JSON, argv[1]) holds:
 
-    stat:       paths to stat (type, mode, major/minor of device nodes)
+    stat:       paths to stat (files.stat_path: type, mode, major/minor of device nodes)
     read:       paths whose content to read (never device nodes)
     list:       directories to list
     build_id:   files whose GNU build ID to read: a .ko (ELF, also .xz / .gz) or a
                 sysfs note file (/sys/module/KMOD/notes/.note.gnu.build-id)
     commands:   {key: argv} to run (modinfo, uname)
     dkms:       {tree, names}: the dkms status entries of these packages, read from the
-                DKMS tree by kmodlab's own reader (module_utils/kmodlab_dkms_status.py,
-                sent along in SHARED_SOURCES); ``dkms status``
-                itself costs 25 s for ten packages in a TCG guest
-    kernel_log: true to read the kernel log (/dev/kmsg, else dmesg, else journalctl)
+                DKMS tree by kmodlab's own reader (module_utils/dkms_tree.py);
+                ``dkms status`` itself costs 25 s for ten packages in a TCG guest
+    kernel_log: true to read the kernel log (module_utils/kernel_log.py: /dev/kmsg,
+                else dmesg, else journalctl -k)
     functional: [{id, steps: [{op, path, data, size}]}], run after everything else:
                 write = ``printf '%s' DATA > PATH`` (bash, so the error text is the
                 errno's strerror; never creates PATH), read =
@@ -28,49 +31,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shutil
-import stat
 import subprocess
 import sys
 
-# {module name: source} of the module_utils files the collector uses, filled in by
-# kmodlab.verify.observe.collector_source() when it is sent.
-SHARED_SOURCES: dict = {}
-_SHARED: dict = {}
-READ_LIMIT = 65536
-KMSG_RECORD = re.compile(r"^(\d+),(\d+),(-?\d+),[^;]*;(.*)$")
-
-
-def _stat(path: str) -> dict:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return {"exists": False, "error": exc.strerror}
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        kind = "file"
-    elif stat.S_ISDIR(mode):
-        kind = "directory"
-    elif stat.S_ISCHR(mode):
-        kind = "char"
-    elif stat.S_ISBLK(mode):
-        kind = "block"
-    else:
-        kind = "other"
-    out = {"exists": True, "type": kind, "mode": stat.S_IMODE(mode), "link": os.path.islink(path)}
-    if kind in ("char", "block"):
-        out["major"] = os.major(st.st_rdev)
-        out["minor"] = os.minor(st.st_rdev)
-    return out
-
-
-def _read(path: str) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return {"ok": True, "text": handle.read(READ_LIMIT).decode("utf-8", "replace")}
-    except OSError as exc:
-        return {"ok": False, "error": exc.strerror or str(exc)}
+from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
+from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import read_tree
+from ansible_collections.kmodlab.lab.plugins.module_utils.files import read_file, stat_path
+from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import read_kernel_log
 
 
 def _list(path: str) -> list[str] | None:
@@ -80,20 +48,9 @@ def _list(path: str) -> list[str] | None:
         return None
 
 
-def _shared(name: str) -> dict:
-    """The namespace of a module_utils file sent along in SHARED_SOURCES."""
-    if name not in _SHARED:
-        if name not in SHARED_SOURCES:
-            raise RuntimeError(f"the collector was sent without {name}.py")
-        namespace: dict = {"__name__": name}
-        exec(compile(SHARED_SOURCES[name], f"{name}.py", "exec"), namespace)
-        _SHARED[name] = namespace
-    return _SHARED[name]
-
-
 def _build_id(path: str) -> dict:
     try:
-        return _shared("buildid")["build_id"](path)
+        return build_id(path)
     except Exception as exc:  # report it as a check failure, not a crash
         return {"ok": False, "error": f"reading the build ID failed: {exc!r}"}
 
@@ -120,46 +77,16 @@ def _run(argv: list[str], binary: bool = False) -> dict:
     return out
 
 
-def _kmsg() -> list[str] | None:
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    chunks = []
-    try:
-        while True:
-            try:
-                data = os.read(fd, 16384)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == 32:  # EPIPE: a record was overwritten, go on
-                    continue
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(fd)
-    lines = []
-    for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
-        match = KMSG_RECORD.match(line)
-        if match:
-            lines.append(match.group(4))
-    return lines
-
-
 def _kernel_log() -> dict:
-    lines = _kmsg()
-    if lines is not None:
-        return {"source": "kmsg", "lines": lines}
-    res = _run(["dmesg", "--notime"])
-    if res["rc"] == 0:
-        return {"source": "dmesg", "lines": res["stdout"].splitlines()}
-    res = _run(["journalctl", "-k", "-b", "-o", "cat", "--no-pager"])
-    if res["rc"] == 0:
-        return {"source": "journalctl", "lines": res["stdout"].splitlines()}
-    return {"source": "none", "lines": [], "error": res["stderr"].strip()}
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        res = _run(argv)
+        return res["rc"], res["stdout"], res["stderr"]
+
+    log = read_kernel_log("/", run)
+    out = {"source": log["source"], "lines": [record[2] for record in log["records"]]}
+    if "error" in log:
+        out["error"] = log["error"]
+    return out
 
 
 def _step(step: dict) -> dict:
@@ -188,7 +115,7 @@ def _functional(checks: list[dict]) -> dict:
 
 def _dkms(request: dict) -> dict:
     try:
-        entries = _shared("dkms_tree")["read_tree"](request["tree"], request["names"])
+        entries = read_tree(request["tree"], request["names"])
     except Exception as exc:  # report it as a check failure, not a crash
         return {"error": f"reading {request['tree']} failed: {exc!r}"}
     return {"entries": entries}
@@ -197,8 +124,8 @@ def _dkms(request: dict) -> dict:
 def collect(request: dict) -> dict:
     result = {
         "euid": os.geteuid(),
-        "stat": {p: _stat(p) for p in request.get("stat", [])},
-        "read": {p: _read(p) for p in request.get("read", [])},
+        "stat": {p: stat_path(p) for p in request.get("stat", [])},
+        "read": {p: read_file(p) for p in request.get("read", [])},
         "list": {p: _list(p) for p in request.get("list", [])},
         "build_id": {p: _build_id(p) for p in request.get("build_id", [])},
         "commands": {k: _run(v) for k, v in sorted(request.get("commands", {}).items())},

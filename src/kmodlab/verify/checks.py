@@ -7,9 +7,13 @@ problem of a check is such, the suite reports the check as "not observable", nei
 passed nor failed. Nothing here is written for one module: every expectation
 comes from the resolved record (state, wanted params, persist) and its manifest.
 
-The expected sysfs text of a parameter is computed here on its own, not with the
-kmod_load role's helpers, so that a mistake there cannot hide behind the same
-mistake here.
+The facts are read with the collection's module_utils, the parsers the kmod_load role
+and its probe use: parameter values as sysfs shows them and the kernel splits them
+(``params``), the major a device must have (``params.wanted_major``: a major parameter
+of 0 fixes none), ``/proc/devices`` (``proc_devices``), the kernel log
+(``kernel_log``), which configuration files a module has and what they say
+(``kmod_config``). The tests of those parsers pin their results to the kernel's
+behaviour.
 """
 
 from __future__ import annotations
@@ -17,18 +21,40 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shlex
 from typing import Any
 
-from ansible_collections.kmodlab.lab.plugins.module_utils import kmod as _kmod
+from ansible_collections.kmodlab.lab.plugins.module_utils.files import show_mode
+from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import (
+    logged_value,
+    mention_regex,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.kmod_config import (
+    config_lines,
+    config_paths,
+    kmod_name,
+    options_of,
+    wanted_files,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
+    ParamError,
+    declarations,
+    dynamic_major,
+    strip_newline,
+    sysfs_value,
+    visible,
+    wanted_major,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import (
+    PROC_DEVICES,
+    majors_of,
+    parse_proc_devices,
+)
 
 from kmodlab.verify.observe import (
     DKMS_TREE,
-    PROC_DEVICES,
     SOURCE_ROOT,
     Observation,
     build_id_path,
-    config_paths,
     installed_files,
     param_path,
     sys_module,
@@ -41,121 +67,14 @@ NOT_OBSERVABLE = "not observable: "
 
 # ------------------------------------------------------------------ values
 
-
-def expected_text(param: dict[str, Any], value: Any) -> str:
-    """What /sys/module/KMOD/parameters/NAME shows for ``value`` (no newline).
-
-    A fixed-size array (``counted: false``, no count variable) shows all its
-    ``max_count`` elements: the given ones, then the rest of its initial values (the
-    manifest's ``default``), e.g. ``Y,Y,N,N`` for ``[true]`` over ``[true, true,
-    false, false]``.
-    """
-    if param.get("array") and param.get("counted", True) is False:
-        value = list(value) + list(param["default"])[len(value) :]
-    return expected_arg(param, value)
-
-
-def expected_arg(param: dict[str, Any], value: Any) -> str:
-    """The text of ``value`` as given to the kernel (``name=TEXT``): for an array, the
-    elements given, however many the array holds."""
-
-    def one(v: Any) -> str:
-        if param["type"] in ("bool", "invbool"):
-            if v is True or v in ("Y", "y", "1") or (type(v) is int and v == 1):
-                return "Y"
-            return "N"
-        if param["type"] == "charp":
-            return str(v)
-        return str(int(v))
-
-    if param.get("array"):
-        return ",".join(one(v) for v in value)
-    return one(value)
-
-
-def declared(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {p["name"]: p for p in record["manifest"].get("parameters") or []}
-
-
-def visible(param: dict[str, Any]) -> bool:
-    return int(param["perm"], 8) != 0
-
-
-def major_param_names(record: dict[str, Any]) -> set[str]:
-    devices = record["manifest"].get("expect", {}).get("proc_devices") or []
-    return {d["major_param"] for d in devices if d.get("major_param")}
-
-
-def expected_major(record: dict[str, Any], device: dict[str, Any]) -> int | None:
-    """The major ``device`` must have: the wanted (or default) value of its major_param,
-    or its fixed major; None when dynamic (also a major_param of 0)."""
-    if device.get("major_param"):
-        name = device["major_param"]
-        value = record["params"].get(name, declared(record)[name]["default"])
-        return int(value) or None
-    major = device.get("major", "dynamic")
-    return None if major == "dynamic" else int(major)
-
-
-def proc_devices(text: str | None) -> dict[str, dict[str, list[int]]]:
-    """{"char": {name: [majors]}, "block": {...}} from /proc/devices."""
-    out: dict[str, dict[str, list[int]]] = {"char": {}, "block": {}}
-    section = None
-    for line in (text or "").splitlines():
-        stripped = line.strip()
-        if stripped.startswith("Character devices"):
-            section = "char"
-        elif stripped.startswith("Block devices"):
-            section = "block"
-        elif section and stripped:
-            number, _, name = stripped.partition(" ")
-            if number.isdigit():
-                out[section].setdefault(name.strip(), []).append(int(number))
-    return out
-
-
-def kernel_args(text: str) -> dict[str, str]:
-    """``k=v k2="a b"`` as the kernel parses it (double quotes group)."""
-    out: dict[str, str] = {}
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split = True
-    lexer.quotes = '"'
-    lexer.escape = ""
-    for token in lexer:
-        key, _, value = token.partition("=")
-        out[key] = value
-    return out
-
-
-def config_lines(text: str) -> list[str]:
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
-def expected_files(record: dict[str, Any]) -> dict[str, bool]:
-    """Which of the module's two files must exist (kmod_load's contract)."""
-    wanted = record["state"] in ("present", "config")
-    options = (
-        wanted and (record["persist"] or record["state"] == "config") and bool(record["params"])
-    )
-    boot = wanted and bool(record["persist"])
-    modprobe, modules_load = config_paths(record)
-    return {modprobe: bool(options), modules_load: bool(boot)}
-
-
-def mentions(record: dict[str, Any]) -> re.Pattern[str]:
-    names = sorted({record["kmod"], record["name"]}, key=len, reverse=True)
-    alternatives = "|".join(re.escape(n) for n in names)
-    return re.compile(rf"(?<![A-Za-z0-9_-])(?:{alternatives})(?![A-Za-z0-9_-])")
+# What sysfs shows for a wanted value: params.sysfs_value itself (tests/vm use the name).
+expected_text = sysfs_value
 
 
 def kernel_context(record: dict[str, Any], obs: Observation) -> list[str]:
     """The last kernel lines that name the module."""
-    regex = mentions(record)
+    regex = mention_regex(record)
     return [line for line in obs.kernel_log if regex.search(line)][-KERNEL_LINES:]
-
-
-def _mode(value: int | None) -> str:
-    return "none" if value is None else f"{value:04o}"
 
 
 # ------------------------------------------------------------------ host
@@ -270,12 +189,17 @@ def modinfo(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
 
 
 def persistence(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    """The module's modprobe.d and modules-load.d files exist as kmod_load writes them
+    (kmod_config.wanted_files) and say the same, comments and quoting aside."""
     problems = []
-    decls = declared(record)
     modprobe, modules_load = config_paths(record)
-    for path, must in expected_files(record).items():
+    try:
+        wanted = wanted_files(record)
+    except ParamError as exc:
+        return [f"the wanted parameters cannot be written for the kernel: {exc}"]
+    for path, content in wanted.items():
         exists = obs.exists(path)
-        if not must:
+        if content is None:
             if exists:
                 why = "it is absent" if record["state"] == "absent" else "persist is false"
                 if path == modprobe and record["state"] != "absent" and not record["params"]:
@@ -293,18 +217,18 @@ def persistence(record: dict[str, Any], obs: Observation, kernel: str) -> list[s
             continue
         lines = config_lines(text)
         if path == modules_load:
-            if lines not in ([record["kmod"]], [record["name"]]):
+            names = [kmod_name(line) for line in lines]
+            if names not in ([kmod_name(n) for n in config_lines(content)], [record["name"]]):
                 problems.append(f"{path} should name only {record['kmod']}, it has {lines}")
             continue
-        want = {k: expected_arg(decls[k], v) for k, v in record["params"].items()}
-        options = [ln.split(None, 2) for ln in lines if ln.split()[0] == "options"]
+        ((kmod, want),) = options_of(content)
+        options = options_of(text)
         if len(options) != 1 or len(lines) != 1:
             problems.append(f"{path} should hold one options line, it has {lines}")
             continue
-        parts = options[0] + [""] * (3 - len(options[0]))
-        if parts[1].replace("-", "_") != record["kmod"]:
-            problems.append(f"{path} sets options for {parts[1]}, not {record['kmod']}")
-        have = kernel_args(parts[2])
+        ((have_kmod, have),) = options
+        if kmod_name(have_kmod) != kmod:
+            problems.append(f"{path} sets options for {have_kmod}, not {kmod}")
         if have != want:
             problems.append(f"{path} options are {have}, wanted {want}")
     return problems
@@ -425,13 +349,11 @@ def _not_loaded(record: dict[str, Any], obs: Observation) -> list[str]:
 
 def checked_params(record: dict[str, Any]) -> list[str]:
     """Wanted parameters whose live value sysfs shows (a dynamic major excluded)."""
-    decls = declared(record)
-    majors = major_param_names(record)
+    decls = declarations(record)
     return [
         name
         for name, value in sorted(record["params"].items())
-        if visible(decls[name])
-        and not (name in majors and expected_text(decls[name], value) == "0")
+        if visible(decls[name]) and not dynamic_major(record, name, sysfs_value(decls[name], value))
     ]
 
 
@@ -439,22 +361,21 @@ def params(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     problems = _not_loaded(record, obs)
     if problems:
         return problems
-    decls = declared(record)
-    majors = major_param_names(record)
+    decls = declarations(record)
     for name, value in sorted(record["params"].items()):
         decl = decls[name]
         if not visible(decl):
             problems.extend(hidden_param(record, obs, decl, value))
             continue
-        want = expected_text(decl, value)
-        if name in majors and want == "0":
+        want = sysfs_value(decl, value)
+        if dynamic_major(record, name, want):
             continue
         path = param_path(record, name)
         text = obs.text(path)
         if text is None:
             problems.append(f"{path}: cannot read ({obs.read_error(path)}), wanted {want!r}")
             continue
-        live = text[:-1] if text.endswith("\n") else text
+        live = strip_newline(text)
         if live != want:
             problems.append(f"{name} is {live!r}, wanted {want!r}")
     return problems
@@ -467,7 +388,7 @@ def hidden_param(
     module's own message, found with the manifest's ``log`` regex since its last load
     (the parser kmod_load uses, so that both read the message alike)."""
     name = decl["name"]
-    want = expected_text(decl, value)
+    want = sysfs_value(decl, value)
     if not decl.get("log"):
         return [
             f"{NOT_OBSERVABLE}{name} has perm 0000, so no file in sysfs, and the manifest "
@@ -476,7 +397,7 @@ def hidden_param(
     if obs.kernel_log_source == "none":
         return [f"{NOT_OBSERVABLE}{name}: the kernel log could not be read (wanted {want!r})"]
     unload = record["manifest"]["expect"].get("dmesg", {}).get("unload") or []
-    seen = _kmod.logged_value(decl, obs.kernel_log, unload)
+    seen = logged_value(decl, obs.kernel_log, unload)
     if seen is None:
         return [
             f"{name} (perm 0000): no kernel message since the last load matches "
@@ -493,7 +414,7 @@ def param_files(record: dict[str, Any], obs: Observation, kernel: str) -> list[s
     problems = _not_loaded(record, obs)
     if problems:
         return problems
-    decls = declared(record)
+    decls = declarations(record)
     pdir = f"{sys_module(record)}/parameters"
     present = set(obs.listing(pdir) or [])
     for name, decl in sorted(decls.items()):
@@ -507,7 +428,7 @@ def param_files(record: dict[str, Any], obs: Observation, kernel: str) -> list[s
             continue
         mode = obs.stat(path).get("mode")
         if mode != int(decl["perm"], 8):
-            problems.append(f"{path} has mode {_mode(mode)}, declared {decl['perm']}")
+            problems.append(f"{path} has mode {show_mode(mode)}, declared {decl['perm']}")
     for name in sorted(present - set(decls)):
         problems.append(f"{pdir}/{name} is not declared in the manifest")
     return problems
@@ -515,11 +436,11 @@ def param_files(record: dict[str, Any], obs: Observation, kernel: str) -> list[s
 
 def proc_device_checks(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     problems = []
-    table = proc_devices(obs.text(PROC_DEVICES))
+    table = parse_proc_devices(obs.text(PROC_DEVICES))
     for dev in record["manifest"]["expect"].get("proc_devices") or []:
         kind = dev.get("kind", "char")
-        majors = table[kind].get(dev["name"], [])
-        want = expected_major(record, dev)
+        majors = majors_of(table, dev["name"], kind)
+        want = wanted_major(record, dev)
         if not majors:
             problems.append(f"/proc/devices has no {kind} device {dev['name']!r}")
         elif want is not None and want not in majors:
@@ -533,7 +454,7 @@ def dev_nodes(record: dict[str, Any], obs: Observation, kernel: str) -> list[str
     problems = []
     expect = record["manifest"]["expect"]
     devices = {d["name"]: d for d in expect.get("proc_devices") or []}
-    table = proc_devices(obs.text(PROC_DEVICES))
+    table = parse_proc_devices(obs.text(PROC_DEVICES))
     for node in expect.get("dev_nodes") or []:
         st = obs.stat(node["path"])
         if not st.get("exists"):
@@ -545,7 +466,7 @@ def dev_nodes(record: dict[str, Any], obs: Observation, kernel: str) -> list[str
             )
             continue
         dev = devices[node["device"]]
-        majors = table[dev.get("kind", "char")].get(dev["name"], [])
+        majors = majors_of(table, dev["name"], dev.get("kind", "char"))
         if st.get("major") not in majors:
             problems.append(
                 f"{node['path']} has major {st.get('major')}, /proc/devices gives "
@@ -557,7 +478,7 @@ def dev_nodes(record: dict[str, Any], obs: Observation, kernel: str) -> list[str
             )
         if node.get("mode") and st.get("mode") != int(node["mode"], 8):
             problems.append(
-                f"{node['path']} has mode {_mode(st.get('mode'))}, expected {node['mode']}"
+                f"{node['path']} has mode {show_mode(st.get('mode'))}, expected {node['mode']}"
             )
     return problems
 
@@ -575,7 +496,8 @@ def _path_checks(checks: list[dict[str, Any]], obs: Observation) -> list[str]:
             problems.append(f"{path} is a {st.get('type')}, expected a {kind}")
             continue
         if check.get("mode") and st.get("mode") != int(check["mode"], 8):
-            problems.append(f"{path} has mode {_mode(st.get('mode'))}, expected {check['mode']}")
+            mode = show_mode(st.get("mode"))
+            problems.append(f"{path} has mode {mode}, expected {check['mode']}")
         if check.get("content") is not None and kind == "file":
             text = obs.text(path)
             if text is None:

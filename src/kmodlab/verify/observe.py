@@ -2,42 +2,68 @@
 
 ``build_request`` lists, from the expectation alone, every path to stat or read,
 every directory to list and every command to run for all modules of a host, plus
-the functional steps; ``observe`` sends it with the collector (``_collector.py``)
-through testinfra and wraps the answer in an ``Observation``. A TCG-emulated guest
-pays 1-3 s per SSH round trip, so a host costs one round trip, not one per check.
+the functional steps; ``observe`` sends it with the collector through testinfra and
+wraps the answer in an ``Observation``. A TCG-emulated guest pays 1-3 s per SSH round
+trip, so a host costs one round trip, not one per check.
+
+The collector travels like an Ansible module (AnsiballZ): ``collector_zip`` packs
+``_collector.py`` as ``__main__.py`` with the collection's module_utils files it
+imports (``ansible_collections/kmodlab/lab/plugins/module_utils/*.py``), so the host
+runs the same readers as the modules, imported, not pasted in. A short ``python3 -c``
+bootstrap (``BOOTSTRAP``) gets the zip base64-encoded as its first argument, writes it
+to a private temporary file, runs it with runpy and removes it.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
+import io
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from ansible_collections.kmodlab.lab.plugins import module_utils as _module_utils
+from ansible_collections.kmodlab.lab.plugins.module_utils.kmod_config import config_paths
+from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import PROC_DEVICES
 
 from kmodlab.verify.expectations import Expectation
 
 COLLECTOR = Path(__file__).with_name("_collector.py")
-# The module_utils files the collector runs on the host (one reader per fact, shared
-# with the Ansible modules).
+# The collection's module_utils: the collector imports its readers from there, as the
+# Ansible modules do (one reader per fact).
 MODULE_UTILS = Path(_module_utils.__path__[0])
-SHARED = ("dkms_tree", "buildid")
+MODULE_UTILS_PACKAGE = "ansible_collections.kmodlab.lab.plugins.module_utils"
 DKMS_TREE = "/var/lib/dkms"
 SOURCE_ROOT = "/usr/src"
 INSTALL_DIR = "/lib/modules/{kernel}/updates/dkms"
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
-PROC_DEVICES = "/proc/devices"
-MODPROBE_D = "/etc/modprobe.d"
-MODULES_LOAD_D = "/etc/modules-load.d"
+# Linux takes at most 128 KiB in one argument (MAX_ARG_STRLEN), and ssh hands the
+# remote shell the whole command as one: the zip must stay well below.
+ARG_LIMIT = 128 * 1024
+PAYLOAD_LIMIT = 96 * 1024
+
+# argv[1] is the collector zip (base64): write it to a private temporary file (mode
+# 0600), run its __main__.py, remove it. The request is argv[1] after that.
+BOOTSTRAP = (
+    "import base64,os,runpy,sys,tempfile\n"
+    "fd,path=tempfile.mkstemp(prefix='kmodlab-verify-',suffix='.zip')\n"
+    "try:\n"
+    "    with os.fdopen(fd,'wb') as handle:\n"
+    "        handle.write(base64.b64decode(sys.argv.pop(1)))\n"
+    "    runpy.run_path(path,run_name='__main__')\n"
+    "finally:\n"
+    "    os.unlink(path)\n"
+)
 
 # Run the collector as root: directly when already root (or under testinfra --sudo),
 # else through passwordless sudo (the lab's become method).
 _WRAPPER = (
-    'if [ "$(id -u)" = 0 ]; then exec python3 -c "$1" "$2"; '
-    'elif command -v sudo >/dev/null 2>&1; then exec sudo -n python3 -c "$1" "$2"; '
-    'else exec python3 -c "$1" "$2"; fi'
+    'if [ "$(id -u)" = 0 ]; then exec python3 -c "$1" "$2" "$3"; '
+    'elif command -v sudo >/dev/null 2>&1; then exec sudo -n python3 -c "$1" "$2" "$3"; '
+    'else exec python3 -c "$1" "$2" "$3"; fi'
 )
 
 
@@ -111,14 +137,6 @@ def installed_files(record: dict[str, Any], kernel: str) -> list[str]:
     folder = INSTALL_DIR.format(kernel=kernel)
     names = sorted({record["name"], record["kmod"]})
     return [f"{folder}/{name}{suffix}" for name in names for suffix in MODULE_SUFFIXES]
-
-
-def config_paths(record: dict[str, Any]) -> tuple[str, str]:
-    """(/etc/modprobe.d/NAME.conf, /etc/modules-load.d/NAME.conf)."""
-    return (
-        f"{MODPROBE_D}/{record['name']}.conf",
-        f"{MODULES_LOAD_D}/{record['name']}.conf",
-    )
 
 
 def functional_id(record: dict[str, Any], index: int) -> str:
@@ -260,21 +278,93 @@ class Observation:
         return str(step.get("stdout", "")).encode()
 
 
-def collector_source() -> str:
-    """The collector, with the sources of the module_utils it uses in ``SHARED_SOURCES``."""
+def _module_utils_imports(source: str) -> set[str]:
+    """The collection's module_utils modules ``source`` imports (their short names)."""
+    found = set()
+    prefix = MODULE_UTILS_PACKAGE + "."
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == MODULE_UTILS_PACKAGE:
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith(prefix):
+                found.add(node.module[len(prefix) :])
+        elif isinstance(node, ast.Import):
+            found.update(
+                alias.name[len(prefix) :] for alias in node.names if alias.name.startswith(prefix)
+            )
+    return found
+
+
+def module_utils_closure(source: str) -> list[str]:
+    """The module_utils files ``source`` needs: its imports and theirs (as AnsiballZ
+    finds them), sorted."""
+    needed: set[str] = set()
+    todo = sorted(_module_utils_imports(source))
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        path = MODULE_UTILS / f"{name}.py"
+        if not path.is_file():
+            raise RuntimeError(f"the collector imports {MODULE_UTILS_PACKAGE}.{name}: no {path}")
+        needed.add(name)
+        todo.extend(sorted(_module_utils_imports(path.read_text()) - needed))
+    return sorted(needed)
+
+
+def _zip_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data, compresslevel=9)
+
+
+def collector_zip() -> bytes:
+    """The collector as a runnable zip: ``__main__.py`` (``_collector.py``) and the
+    module_utils files it imports, under their package path, with the package
+    ``__init__.py`` files. Deterministic (fixed dates, sorted names)."""
     source = COLLECTOR.read_text()
-    marker = "SHARED_SOURCES: dict = {}"
-    if marker not in source:
-        raise RuntimeError(f"{COLLECTOR} lacks the line {marker}")
-    shared = {name: (MODULE_UTILS / f"{name}.py").read_text() for name in SHARED}
-    return source.replace(marker, f"SHARED_SOURCES: dict = {shared!r}", 1)
+    package = MODULE_UTILS_PACKAGE.replace(".", "/")
+    parts = package.split("/")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        _zip_entry(archive, "__main__.py", source.encode())
+        for depth in range(1, len(parts) + 1):
+            _zip_entry(archive, "/".join(parts[:depth]) + "/__init__.py", b"")
+        for name in module_utils_closure(source):
+            _zip_entry(archive, f"{package}/{name}.py", (MODULE_UTILS / f"{name}.py").read_bytes())
+    return buffer.getvalue()
+
+
+def collector_payload() -> str:
+    """``collector_zip()`` in base64, the bootstrap's first argument."""
+    payload = base64.b64encode(collector_zip()).decode("ascii")
+    if len(payload) > PAYLOAD_LIMIT:
+        raise CollectError(
+            f"the verify collector is {len(payload)} bytes in base64, more than the "
+            f"{PAYLOAD_LIMIT} that fit in one command argument (limit {ARG_LIMIT})"
+        )
+    return payload
+
+
+def collector_argv(request: dict[str, Any] | str) -> list[str]:
+    """``python3 ...`` arguments that run the collector on ``request`` (a dict or its
+    JSON): ``["-c", BOOTSTRAP, payload, request]``, as ``observe`` sends them."""
+    text = request if isinstance(request, str) else json.dumps(request, separators=(",", ":"))
+    return ["-c", BOOTSTRAP, collector_payload(), text]
+
+
+def collector_source() -> str:
+    """The bootstrap with the zip in it, for ``python3 -c SOURCE REQUEST`` (local runs
+    in tests)."""
+    return f"import sys\nsys.argv.insert(1, {collector_payload()!r})\n{BOOTSTRAP}"
 
 
 def observe(host: Any, expectation: Expectation) -> Observation:
     """Run the collector on ``host`` (a testinfra Host) for ``expectation``."""
-    request = json.dumps(build_request(expectation), separators=(",", ":"))
+    bootstrap, payload, request = collector_argv(build_request(expectation))[1:]
     try:
-        result = host.run("sh -c %s kmodlab-verify %s %s", _WRAPPER, collector_source(), request)
+        result = host.run("sh -c %s kmodlab-verify %s %s %s", _WRAPPER, bootstrap, payload, request)
     except Exception as exc:
         reason = ssh_failure(exc)
         if reason is None:

@@ -134,20 +134,12 @@ class Sim:
             script.chmod(script.stat().st_mode | stat.S_IXUSR)
         cg = self.collections / "ansible_collections" / "community" / "general"
         (cg / "plugins" / "modules").mkdir(parents=True)
-        (cg / "plugins" / "filter").mkdir(parents=True)
         shutil.copy(HERE / "modprobe.py", cg / "plugins" / "modules" / "modprobe.py")
-        import ansible_collections.community.general as real
-
-        real_dir = Path(real.__file__).parent if real.__file__ else Path(next(iter(real.__path__)))
-        shutil.copy(
-            real_dir / "plugins" / "filter" / "lists_mergeby.py",
-            cg / "plugins" / "filter" / "lists_mergeby.py",
-        )
         (cg / "meta").mkdir()
         (cg / "meta" / "runtime.yml").write_text("requires_ansible: '>=2.15'\n")
         (tmp / "play.yml").write_text(
             "- hosts: localhost\n  gather_facts: false\n  roles:\n"
-            f"    - role: {REPO / 'roles' / 'kmod_load'}\n"
+            "    - role: kmodlab.lab.kmod_load\n"
         )
 
     def save_spec(self) -> None:
@@ -179,8 +171,8 @@ class Sim:
         extra: dict[str, Any] | None = None,
     ) -> Result:
         variables = {
-            "kmod_load_modules": modules,
-            "kmod_load_manifest_dir": str(MODULES),
+            "kmodlab_modules": modules,
+            "kmodlab_manifest_dir": str(MODULES),
             "__kmod_load_fact_dir": str(self.facts),
             "ansible_become_method": "su",
             "ansible_python_interpreter": sys.executable,
@@ -323,8 +315,10 @@ class Result:
         return out
 
     def remote_tasks(self) -> list[str]:
-        """Tasks that ran a module on the host (not set_fact/debug/assert/include)."""
+        """Tasks that ran a module on the host (not set_fact/debug/assert/include, nor
+        kmodlab.lab.selection, which resolves on the controller)."""
         local = {
+            "selection",
             "set_fact",
             "debug",
             "assert",

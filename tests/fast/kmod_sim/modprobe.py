@@ -1,6 +1,7 @@
-#!/usr/bin/python
 # Stand-in for community.general.modprobe in the kmod_load simulation tests: the same
 # options and results, acting on the pretend kernel (simkernel.py) instead of a real one.
+# No shebang: Ansible runs a Python module without one as if it had #!/usr/bin/python
+# (interpreter discovery), and ansible-test allows that shebang only under plugins/modules/.
 from __future__ import annotations
 
 DOCUMENTATION = r"""

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A pretend kernel for the kmod_load simulation tests: loads and unloads modules.
 
 It works on the files the real kernel shows, which the test bind-mounts in a private
@@ -200,7 +199,7 @@ def load(kmod: str, args: list[str], auto: bool = False) -> int:
         values[name] = p["default"]
     tokens = config_options(kmod) + ([] if auto else args)
     for token in tokens:
-        name, _, text = token.partition("=")
+        name, _eq, text = token.partition("=")
         if name not in mod["params"]:
             kmsg(f"{kmod}: unknown parameter '{name}' ignored")
             continue
@@ -238,7 +237,7 @@ def load(kmod: str, args: list[str], auto: bool = False) -> int:
     os.makedirs(os.path.join(base, "parameters"))
     for kind, major, name in registered:
         add_device(kind, major, name)
-    create_nodes(mod, {name: major for _, major, name in registered})
+    create_nodes(mod, {name: major for _kind, major, name in registered})
     with open(os.path.join(base, "initstate"), "w") as handle:
         handle.write("live\n")
     with open(os.path.join(base, "refcnt"), "w") as handle:

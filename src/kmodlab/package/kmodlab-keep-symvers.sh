@@ -1,8 +1,9 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0-only
 #
-# POST_BUILD script of the kmodlab DKMS packages that other packages build
-# against (shipped by the dkms_module role beside dkms.conf).
+# POST_BUILD script of every DKMS package kmodlab renders (kmodlab.package
+# ships it executable beside dkms.conf), so that any package can build
+# against the symbols another one exports.
 #
 # Usage: kmodlab-keep-symvers.sh FOLDER
 #
@@ -12,7 +13,8 @@
 # symbols the module exports, with their CRCs) into FOLDER, where a dependent
 # package's build finds it through the kernel link of the installed version:
 # $dkms_tree/NAME/kernel-KERNEL-ARCH/module/Module.symvers.  dkms releases
-# newer than 3.0 keep it there themselves; this does the same for 3.0.
+# newer than 3.0 keep it there themselves; this does the same for 3.0.  A
+# module that exports nothing has an empty Module.symvers, kept all the same.
 set -eu
 
 dest=${1:?usage: kmodlab-keep-symvers.sh FOLDER}

@@ -1,4 +1,4 @@
-"""kmod_load's templates (rendered by Ansible's own templar) and its filters."""
+"""The kmod_load role's filters: parameters, configuration files, fact, failures."""
 
 from __future__ import annotations
 
@@ -11,55 +11,16 @@ from kmodlab.selection import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = Path(__file__).parent / "fixtures" / "kmod" / "modules"
-TEMPLATES = REPO / "roles" / "kmod_load" / "templates"
 filters = importlib.import_module("ansible_collections.kmodlab.lab.plugins.filter.kmod_load")
-
-
-_LOADER: list[bool] = []
-
-
-def render(template: str, record: dict) -> str:
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.plugins.loader import init_plugin_loader
-    from ansible.template import Templar, trust_as_template
-
-    if not _LOADER:
-        init_plugin_loader()
-        _LOADER.append(True)
-    templar = Templar(
-        loader=DataLoader(),
-        variables={"kmod_load_item": record, "ansible_managed": "Ansible managed"},
-    )
-    return templar.template(trust_as_template((TEMPLATES / template).read_text()))
+plan = importlib.import_module("ansible_collections.kmodlab.lab.plugins.filter.kmod_load_plan")
+kmod_config = importlib.import_module(
+    "ansible_collections.kmodlab.lab.plugins.module_utils.kmod_config"
+)
+paramlib = importlib.import_module("ansible_collections.kmodlab.lab.plugins.module_utils.params")
 
 
 def record(name: str, **entry):
     return resolve(MODULES, [{"name": name, **entry}])[0]
-
-
-def test_templates_mirror_their_destination():
-    found = sorted(str(p.relative_to(TEMPLATES)) for p in TEMPLATES.rglob("*.j2"))
-    assert found == ["etc/modprobe.d/module.conf.j2", "etc/modules-load.d/module.conf.j2"]
-
-
-def test_modprobe_d_options_line():
-    text = render(
-        "etc/modprobe.d/module.conf.j2",
-        record("hello-5", params={"mybool": True, "mylong": 1234567890123}),
-    )
-    lines = text.splitlines()
-    assert lines[:3] == ["#", "# Ansible managed", "#"]
-    assert lines[-1] == (
-        "options hello_5 mybool=Y myint=42 myintarray=10,-20,30 mylong=1234567890123 "
-        'myshort=7 mystring="hello lab"'
-    )
-    assert text.endswith("\n")
-
-
-def test_modules_load_d_names_the_kernel_module():
-    text = render("etc/modules-load.d/module.conf.j2", record("hello-5"))
-    assert text.splitlines()[0] == "#"
-    assert [ln for ln in text.splitlines() if not ln.startswith("#")] == ["hello_5"]
 
 
 def test_filter_errors_name_the_module():
@@ -67,7 +28,9 @@ def test_filter_errors_name_the_module():
 
     bad = record("hello-5", params={"mystring": 'a"b'})
     with pytest.raises(AnsibleFilterError, match="hello-5: parameter mystring"):
-        filters.kmod_options(bad)
+        filters.kmod_args(bad)
+    with pytest.raises(AnsibleFilterError, match="hello-5: parameter mystring"):
+        plan.kmod_load_with_files([bad])
     assert filters.kmod_args(record("base", params={"level": 3})) == "level=3"
 
 
@@ -129,3 +92,49 @@ def test_load_problems_and_failure_message():
     assert new.endswith("hello-5 was not loaded before and is left unloaded.")
     lost = filters.kmod_load_failure(rec, failed, probe_entry, False, before)
     assert lost.endswith("failed too: hello-5 is not loaded.")
+
+
+# state, persist, with params -> (modprobe.d file, modules-load.d file)
+FILE_TABLE = [
+    ("present", True, True, (True, True)),
+    ("present", True, False, (False, True)),
+    ("present", False, True, (False, False)),
+    ("config", True, True, (True, True)),
+    ("config", False, True, (True, False)),
+    ("config", False, False, (False, False)),
+    ("absent", True, True, (False, False)),
+    ("absent", False, True, (False, False)),
+]
+
+
+@pytest.mark.parametrize(("state", "persist", "with_params", "files"), FILE_TABLE)
+def test_kmod_load_files_follows_the_table(state, persist, with_params, files):
+    # hello-5 has lab parameters; gadget has none
+    name, kmod = ("hello-5", "hello_5") if with_params else ("gadget", "gadget")
+    params = {"myint": 7, "mystring": "two words"} if with_params else {}
+    rec = record(name, state=state, persist=persist, params=params)
+    assert bool(rec["params"]) is with_params
+    (with_files,) = plan.FilterModule().filters()["kmod_load_with_files"]([rec])
+    found = with_files["files"]
+    modprobe, modules_load = f"/etc/modprobe.d/{name}.conf", f"/etc/modules-load.d/{name}.conf"
+    assert sorted(found) == [modprobe, modules_load]
+    assert (found[modprobe] is not None, found[modules_load] is not None) == files
+    if found[modprobe] is not None:
+        lines = found[modprobe].splitlines()
+        assert lines[0].startswith("# Managed by kmodlab (kmod_load): ")
+        assert lines[1:] == [
+            f"options {kmod} {paramlib.options_string(paramlib.declarations(rec), rec['params'])}"
+        ]
+        assert 'mystring="two words"' in lines[1]
+        assert found[modprobe].endswith("\n")
+    if found[modules_load] is not None:
+        lines = found[modules_load].splitlines()
+        assert lines[0].startswith("# Managed by kmodlab (kmod_load): ")
+        assert lines[1:] == [kmod] and found[modules_load].endswith("\n")
+
+
+def test_config_files_in_other_folders():
+    rec = record("base", params={"level": 3})
+    found = kmod_config.wanted_files(rec, "/tmp/m", "/tmp/l")
+    assert found["/tmp/m/base.conf"].splitlines()[1] == "options base level=3"
+    assert found["/tmp/l/base.conf"].splitlines()[1] == "base"

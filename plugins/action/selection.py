@@ -1,0 +1,81 @@
+# Copyright: kmodlab contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin kmodlab.lab.selection: resolve a host's module selection, on the controller.
+
+The play-level layers (kmodlab_modules, kmodlab_group_modules, kmodlab_host_modules) are
+merged by name and joined with the manifests of the selected modules (and of the modules
+they depend on) into records, set as the host fact ``kmodlab_selection``. Every stage
+role takes those records; none reads a layer or a manifest itself. Documentation:
+plugins/modules/selection.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ansible.plugins.action import ActionBase
+
+try:
+    from kmodlab.manifest import ManifestError
+    from kmodlab.selection import SelectionError, resolve_layers
+except ImportError as exc:  # the controller runs Ansible outside the kmodlab virtualenv
+    IMPORT_ERROR: ImportError | None = exc
+else:
+    IMPORT_ERROR = None
+
+# The collection's own catalog: modules/NAME/module.yml beside plugins/.
+CATALOG = Path(__file__).resolve().parents[2] / "modules"
+FACT = "kmodlab_selection"
+_ARGS = {
+    "modules": "kmodlab_modules",
+    "group_modules": "kmodlab_group_modules",
+    "host_modules": "kmodlab_host_modules",
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("modules", "group_modules", "host_modules", "manifest_dir"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        if IMPORT_ERROR is not None:
+            result.update(
+                failed=True,
+                msg=f"the kmodlab Python package is not importable on the controller "
+                f"({IMPORT_ERROR}): run Ansible from the kmodlab virtualenv "
+                f"(scripts/install-deps)",
+            )
+            return result
+        layers = []
+        for arg, var in _ARGS.items():
+            if arg in self._task.args:
+                layers.append((arg, self._task.args[arg]))
+            elif var in task_vars:
+                layers.append((var, self._templar.template(task_vars[var])))
+        if not layers:
+            result.update(
+                failed=True,
+                msg=f"kmodlab_modules is not set for {task_vars.get('inventory_hostname')}: list "
+                "the modules to build and load (see inventory/example/group_vars/all.yml), "
+                "e.g. kmodlab_modules: [{name: hello-5, params: {myint: 7}}]",
+            )
+            return result
+        manifest_dir = self._task.args.get("manifest_dir")
+        if manifest_dir is None and "kmodlab_manifest_dir" in task_vars:
+            manifest_dir = self._templar.template(task_vars["kmodlab_manifest_dir"])
+        manifest_dir = Path(str(manifest_dir)).expanduser() if manifest_dir else CATALOG
+        try:
+            records = resolve_layers(manifest_dir, layers)
+        except (ManifestError, SelectionError) as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result.update(
+            changed=False,
+            ansible_facts={FACT: records},
+            modules=[r["name"] for r in records],
+            manifest_dir=str(manifest_dir),
+        )
+        return result
