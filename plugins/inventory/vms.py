@@ -6,7 +6,6 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: vms
-plugin_type: inventory
 short_description: The running VMs of a local kmodlab lab
 description:
   - Reads the lab's state (C(kmodlab vm up)) and returns its running VMs in group C(lab)

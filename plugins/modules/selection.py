@@ -30,7 +30,7 @@ description:
     manifest and merged over its lab parameters) and C(persist) (load at boot with these
     parameters; default V(true))."
 version_added: "0.1.0"
-author: kmodlab
+author: kmodlab (@kmodlab)
 options:
   modules:
     description:
@@ -55,10 +55,14 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check mode and return the same records.
     support: full
   diff_mode:
+    description: Changes nothing, so shows no diff.
     support: none
   platform:
+    description: Runs on the controller only, whatever the host's platform.
+    support: full
     platforms: all
 """
 

@@ -99,7 +99,7 @@ def _known(modules_dir: Path) -> str:
 
 def resolve_layers(modules_dir: str | Path, layers: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     """Merge the play-level layers by name, then resolve them (see resolve)."""
-    first, rest = layers[0][0], [name for name, _ in layers[1:]]
+    first, rest = layers[0][0], [name for name, _entries in layers[1:]]
     var = f"{first} (merged with {', '.join(rest)})" if rest else first
     return resolve(modules_dir, merge_layers(layers), var=var)
 

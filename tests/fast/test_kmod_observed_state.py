@@ -391,7 +391,7 @@ CHARDUP = {"name": "chardup", "kmod": "chardup"}
 
 
 def test_trace_lines_are_told_from_reasons():
-    traces = [m for _, m in CLASS_TAKEN[2:21]]
+    traces = [m for _ts, m in CLASS_TAKEN[2:21]]
     assert all(klog.trace_line(m) for m in traces), [m for m in traces if not klog.trace_line(m)]
     assert not any(klog.trace_line(m) for m in EXPLAINED)
     for line in (
@@ -412,7 +412,7 @@ def test_failure_lines_quote_the_reason():
     regex = klog.mention_regex(CHARDUP)
     assert klog.failure_lines(CLASS_TAKEN, regex) == EXPLAINED
     # without levels (dmesg), the words of a line tell a warning
-    plain = [(None, m) for _, m in CLASS_TAKEN]
+    plain = [(None, m) for _ts, m in CLASS_TAKEN]
     assert klog.failure_lines(plain, regex) == EXPLAINED
     # the module prints nothing and is in no frame: warnings and errors since the load
     quiet = [(lvl, m) for lvl, m in CLASS_TAKEN if "chardup" not in m]
@@ -439,7 +439,7 @@ def test_failure_message_quotes_modprobe_and_the_kernel():
     regex = klog.mention_regex(CHARDUP)
     entry = {
         "kernel_explain": klog.failure_lines(CLASS_TAKEN, regex),
-        "kernel_log": [m for _, m in CLASS_TAKEN if regex.search(m)],
+        "kernel_log": [m for _ts, m in CLASS_TAKEN if regex.search(m)],
     }
     message = filters.kmod_load_failure(record, failed, entry, False, {"previous": {}})
     assert message == (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ansible.errors import AnsibleLookupError
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader, lookup_loader
+from ansible.plugins.loader import lookup_loader
 from ansible.template import Templar, trust_as_template
 
 from kmodlab.package import (
@@ -261,18 +261,7 @@ def test_packages_for_reports_every_broken_module_at_once(tmp_path):
 # -- the lookup ------------------------------------------------------------------------------
 
 
-_LOADER: list[bool] = []
-
-
-def _init_plugin_loader() -> None:
-    """The collection finder, once, so that FQCNs of kmodlab.lab resolve."""
-    if not _LOADER:
-        init_plugin_loader()
-        _LOADER.append(True)
-
-
 def lookup_plugin():
-    _init_plugin_loader()
     loader = DataLoader()
     plugin = lookup_loader.get("kmodlab.lab.dkms_packages", loader=loader, templar=Templar(loader))
     assert plugin is not None
@@ -280,7 +269,6 @@ def lookup_plugin():
 
 
 def test_the_lookup_as_the_role_calls_it_in_a_template():
-    _init_plugin_loader()
     recs = records([*PAIR, {"name": "hello-1", "state": "absent"}])
     templar = Templar(loader=DataLoader(), variables={"recs": recs, "where": "/extra"})
     got = templar.template(

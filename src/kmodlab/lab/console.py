@@ -30,7 +30,7 @@ def attach(sock_path: Path) -> None:
         if interactive:
             tty.setraw(stdin)
         while True:
-            ready, _, _ = select.select([sock, stdin], [], [])
+            ready, _writable, _errors = select.select([sock, stdin], [], [])
             if sock in ready:
                 data = sock.recv(4096)
                 if not data:

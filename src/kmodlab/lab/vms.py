@@ -157,7 +157,7 @@ def process_alive(vm: Vm, lab: Lab) -> bool:
 
 
 def free_port(taken: set[int]) -> int:
-    for _ in range(50):
+    for _attempt in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

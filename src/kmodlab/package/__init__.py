@@ -248,7 +248,7 @@ def packages_for(
                 raise PackageError(f"a record is a mapping, got {type(record).__name__}")
             state = record.get("state", "present")
             if state == "absent":
-                name, version, _ = _identity(record)
+                name, version, _depends = _identity(record)
                 out.append({"name": name, "version": version, "state": "absent"})
             elif state in ("present", "config"):
                 out.append(

@@ -342,7 +342,7 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
                 Text("(host)", style="italic"),
                 "",
                 "",
-                *[Text(_LABEL[outcome], style=_STYLE[outcome]) for _ in STAGES],
+                *[Text(_LABEL[outcome], style=_STYLE[outcome]) for _stage in STAGES],
             )
         for mod in host.get("modules", []):
             cells = [

@@ -257,9 +257,8 @@ def _with_functional(cases: list[Case]) -> list[tuple[Case, bool]]:
     for case in cases:
         if case.kind != "module" or case.record is None:
             continue
-        for index, _ in enumerate(
-            case.record["manifest"].get("expect", {}).get("functional") or []
-        ):
+        functional = case.record["manifest"].get("expect", {}).get("functional") or []
+        for index in range(len(functional)):
             extra = Case(
                 kind="functional",
                 host_name=case.host_name,
