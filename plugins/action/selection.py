@@ -12,6 +12,7 @@ plugins/modules/selection.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ansible.plugins.action import ActionBase
 
@@ -38,7 +39,9 @@ class ActionModule(ActionBase):
     _requires_connection = False
     _VALID_ARGS = frozenset(("modules", "group_modules", "host_modules", "manifest_dir"))
 
-    def run(self, tmp=None, task_vars=None):
+    def run(
+        self, tmp: str | None = None, task_vars: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         if IMPORT_ERROR is not None:

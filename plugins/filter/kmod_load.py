@@ -10,18 +10,20 @@ ones the target-side probe and the verify checks use (``plugins/module_utils``:
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible.errors import AnsibleFilterError
 from ansible_collections.kmodlab.lab.plugins.module_utils import kernel_log as _log
 from ansible_collections.kmodlab.lab.plugins.module_utils import params as _params
 
 
-def _record(record, where):
+def _record(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict) or "name" not in record or "manifest" not in record:
         raise AnsibleFilterError(f"{where}: expects a record of kmodlab.lab.selection")
     return record
 
 
-def kmod_args(record):
+def kmod_args(record: dict[str, Any]) -> str:
     """The ``params`` string of community.general.modprobe (shell-quoted k=v words)."""
     lib = _params
     rec = _record(record, "kmod_args")
@@ -31,7 +33,7 @@ def kmod_args(record):
         raise AnsibleFilterError(f"{rec['name']}: {exc}") from None
 
 
-def kmod_load_problems(entry):
+def kmod_load_problems(entry: dict[str, Any]) -> list[str]:
     """What is wrong after loading, from a probe entry read back with kernel_log_since.
 
     Empty when every visible wanted parameter has its value, none is missing from sysfs
@@ -59,7 +61,13 @@ def kmod_load_problems(entry):
     return problems
 
 
-def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=None):
+def kmod_load_failure(
+    record: dict[str, Any],
+    failed: dict[str, Any] | None,
+    probe_entry: dict[str, Any] | None = None,
+    restored: Any = None,
+    previous: Any = None,
+) -> str:
     """One readable message for a module that could not be loaded as wanted.
 
     record:      the resolved record
@@ -121,19 +129,23 @@ def kmod_load_failure(record, failed, probe_entry=None, restored=None, previous=
     return " ".join(parts)
 
 
-def _truthy(value):
+def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "1")
     return bool(value)
 
 
-def _show(params):
+def _show(params: dict[str, Any] | None) -> str:
     if not params:
         return "no parameters"
     return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
-def kmod_load_fact(records, failed=None, recorded=None):
+def kmod_load_fact(
+    records: list[dict[str, Any]] | None,
+    failed: dict[str, Any] | None = None,
+    recorded: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Content of /etc/ansible/facts.d/kmodlab_kmod_load.fact: ``{"modules": {...}}``.
 
     Each selected module maps to its kmod name, version, state, persist and wanted
@@ -162,7 +174,7 @@ def kmod_load_fact(records, failed=None, recorded=None):
 
 
 class FilterModule:
-    def filters(self):
+    def filters(self) -> dict[str, Any]:
         return {
             "kmod_args": kmod_args,
             "kmod_load_problems": kmod_load_problems,

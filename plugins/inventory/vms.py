@@ -26,25 +26,32 @@ options:
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
+
+if TYPE_CHECKING:
+    from ansible.inventory.data import InventoryData
+    from ansible.parsing.dataloader import DataLoader
 
 try:  # ansible-core >= 2.19: values from a plugin are untrusted unless marked
     from ansible.template import trust_as_template
 except ImportError:  # pragma: no cover - older ansible-core
 
-    def trust_as_template(value):
+    def trust_as_template(value: Any) -> Any:
         return value
 
 
 class InventoryModule(BaseInventoryPlugin):
     NAME = "kmodlab.lab.vms"
 
-    def verify_file(self, path):
+    def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and path.endswith(("vms.yml", "vms.yaml"))
 
-    def parse(self, inventory, loader, path, cache=True):
+    def parse(
+        self, inventory: InventoryData, loader: DataLoader, path: str, cache: bool = True
+    ) -> None:
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         try:

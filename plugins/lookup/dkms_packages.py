@@ -74,6 +74,8 @@ _list:
   elements: dict
 """
 
+from typing import Any
+
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
@@ -86,7 +88,9 @@ else:
 
 
 class LookupModule(LookupBase):
-    def run(self, terms, variables=None, **kwargs):
+    def run(
+        self, terms: list[Any], variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         if _IMPORT_ERROR is not None:
             raise AnsibleLookupError(
                 "the kmodlab Python package is not importable on the controller "

@@ -19,13 +19,14 @@ import gzip
 import lzma
 import struct
 import sys
+from typing import Any
 
 NT_GNU_BUILD_ID = 3
 SHT_NOTE = 7
 MODULE_LIMIT = 64 * 1024 * 1024
 
 
-def note_build_id(data, order):
+def note_build_id(data: bytes, order: str) -> str | None:
     """The GNU build ID in a run of ELF notes (namesz, descsz, type, name, desc)."""
     pos = 0
     while pos + 12 <= len(data):
@@ -40,7 +41,7 @@ def note_build_id(data, order):
     return None
 
 
-def elf_build_id(data):
+def elf_build_id(data: bytes) -> str | None:
     """The GNU build ID in the SHT_NOTE sections of an ELF file (32 or 64 bit)."""
     order = "<" if data[5] == 1 else ">"
     if data[4] == 2:
@@ -63,7 +64,7 @@ def elf_build_id(data):
     return None
 
 
-def build_id(path):
+def build_id(path: str) -> dict[str, Any]:
     """{"ok": True, "build_id": HEX} or {"ok": False, "error": TEXT} for a .ko (ELF, also
     .xz / .gz) or a sysfs note file."""
     try:

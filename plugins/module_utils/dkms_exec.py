@@ -132,7 +132,7 @@ def package_name(conf: str) -> str | None:
 class PackageRun:
     """One package during the run: its steps, what was done, its result."""
 
-    def __init__(self, spec: Package, kernels: Sequence[str], steps: list[Step]):
+    def __init__(self, spec: Package, kernels: Sequence[str], steps: list[Step]) -> None:
         self.spec = spec
         self.name = spec.name
         self.version = spec.version
@@ -278,7 +278,7 @@ class PackageRun:
 class BuildQueue:
     """Builds on a thread pool; with ``first_alone``, the others wait for the first."""
 
-    def __init__(self, pool: ThreadPoolExecutor, build: Callable, first_alone: bool):
+    def __init__(self, pool: ThreadPoolExecutor, build: Callable, first_alone: bool) -> None:
         self.pool = pool
         self.build = build
         self.first_alone = first_alone
@@ -309,7 +309,7 @@ class BuildQueue:
 class Executor:
     """The run: snapshot, plan, act, report."""
 
-    def __init__(self, module: Any, paths: Paths | None = None):
+    def __init__(self, module: Any, paths: Paths | None = None) -> None:
         self.module = module
         self.params = module.params
         self.paths = paths or Paths()

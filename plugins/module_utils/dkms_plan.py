@@ -516,7 +516,9 @@ def missing_headers(steps: Iterable[Step], snapshot: Snapshot) -> dict[str, list
     return out
 
 
-def _new_entry(name: str, version: str, kernel: str | None, arch: str | None, status: str):
+def _new_entry(
+    name: str, version: str, kernel: str | None, arch: str | None, status: str
+) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,

@@ -4,7 +4,7 @@
 
 This file is shipped to managed hosts inside the module payload (ansible.cfg names the
 ``module_utils`` folder), and inside the verify collector, where the ``kmodlab`` package is
-not installed: standard library only, Python 3.8+.
+not installed: standard library only, Python 3.10+ (the floor in tests/config.yml).
 
 ``read_tree`` reads the state of packages straight from dkms's own tree, the files
 ``dkms status`` itself looks at, into one entry per package/version/kernel/arch with the
@@ -14,9 +14,13 @@ status`` of ten packages (it forks about a hundred times per version); reading t
 costs milliseconds. The VM tier checks it against the real ``dkms status`` in each state.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import re
+from collections.abc import Iterable
+from typing import Any
 
 STATUS_ORDER = ("absent", "added", "built", "installed")
 
@@ -28,7 +32,14 @@ _NOT_KERNEL = ("build", "source", "tarball", "driver_disk", "log")
 DEFAULT_DEST = "/updates/dkms"
 
 
-def status_line(name, version, kernel, arch, status, notes=()):
+def status_line(
+    name: str,
+    version: str,
+    kernel: str | None,
+    arch: str | None,
+    status: str,
+    notes: Iterable[str] = (),
+) -> str:
     """The line dkms 3.0's ``dkms status`` prints for one entry."""
     if kernel is None:
         line = f"{name}/{version}: {status}"
@@ -37,7 +48,15 @@ def status_line(name, version, kernel, arch, status, notes=()):
     return line + "".join(f" ({n})" for n in notes)
 
 
-def _entry(name, version, kernel, arch, status, diff=False, missing=False):
+def _entry(
+    name: str,
+    version: str,
+    kernel: str | None,
+    arch: str | None,
+    status: str,
+    diff: bool = False,
+    missing: bool = False,
+) -> dict[str, Any]:
     notes = []
     if missing:
         notes.append("WARNING! Missing some built modules!")
@@ -56,7 +75,7 @@ def _entry(name, version, kernel, arch, status, diff=False, missing=False):
     }
 
 
-def conf_modules(conf_path):
+def conf_modules(conf_path: str) -> list[tuple[str, str, str]] | None:
     """[(built name, dest name, dest location)] from a dkms.conf, or None when unknown.
 
     Only literal assignments are understood; a dkms.conf that computes its module names
@@ -81,7 +100,7 @@ def conf_modules(conf_path):
     return [(built[i], dest.get(i, built[i]), where.get(i, DEFAULT_DEST)) for i in sorted(built)]
 
 
-def _module_file(folder, name):
+def _module_file(folder: str, name: str) -> str | None:
     for suffix in MODULE_SUFFIXES:
         path = os.path.join(folder, name + suffix)
         if os.path.isfile(path):
@@ -89,7 +108,7 @@ def _module_file(folder, name):
     return None
 
 
-def _same_file(a, b):
+def _same_file(a: str, b: str) -> bool:
     try:
         if os.path.getsize(a) != os.path.getsize(b):
             return False
@@ -99,11 +118,13 @@ def _same_file(a, b):
         return False
 
 
-def _is_dir(path):
+def _is_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.path.islink(path)
 
 
-def read_tree(dkms_tree, names, install_tree="/lib/modules"):
+def read_tree(
+    dkms_tree: str, names: Iterable[str], install_tree: str = "/lib/modules"
+) -> list[dict[str, Any]]:
     """The ``dkms status`` entries of ``names``, read from ``dkms_tree`` (dkms 3.0 layout).
 
     ``DKMS_TREE/NAME/VERSION/source`` registers a version (``added``; ``broken`` when its
@@ -183,7 +204,7 @@ def read_tree(dkms_tree, names, install_tree="/lib/modules"):
     return entries
 
 
-def _rank(status):
+def _rank(status: str) -> str:
     if status == "installed":
         return "installed"
     if status == "built":
@@ -191,7 +212,9 @@ def _rank(status):
     return "added"
 
 
-def versions_on_kernel(entries, name, kernel):
+def versions_on_kernel(
+    entries: Iterable[dict[str, Any]], name: str, kernel: str | None
+) -> dict[str, str]:
     """``{version: status}`` of every registered version of ``name``, seen from ``kernel``.
 
     A version built or installed for another kernel only, or merely added, counts as
@@ -214,7 +237,9 @@ def versions_on_kernel(entries, name, kernel):
     return out
 
 
-def entry_for(entries, name, version, kernel):
+def entry_for(
+    entries: Iterable[dict[str, Any]], name: str, version: str, kernel: str | None
+) -> dict[str, Any] | None:
     """The status entry of ``name/version`` for ``kernel`` (built or installed), or None."""
     for e in entries:
         if e["name"] == name and e["version"] == version and e["kernel"] == kernel:
@@ -222,7 +247,7 @@ def entry_for(entries, name, version, kernel):
     return None
 
 
-def kernels_installed(entries, name, version):
+def kernels_installed(entries: Iterable[dict[str, Any]], name: str, version: str) -> list[str]:
     """Kernels on which ``name/version`` is installed (removing it needs depmod there)."""
     return sorted(
         {
@@ -236,19 +261,19 @@ def kernels_installed(entries, name, version):
     )
 
 
-def status_lines(entries, name):
+def status_lines(entries: Iterable[dict[str, Any]], name: str) -> list[str]:
     """The ``dkms status`` lines about ``name``, for diffs."""
     return [e["line"] for e in entries if e["name"] == name]
 
 
-def tail(text, lines):
+def tail(text: str | None, lines: int) -> list[str]:
     """The last ``lines`` lines of ``text``."""
     if not text:
         return []
     return text.splitlines()[-lines:] if lines > 0 else []
 
 
-def read_tail(path, lines):
+def read_tail(path: str, lines: int) -> list[str] | None:
     """The last ``lines`` lines of a file, or None when it cannot be read."""
     try:
         with open(path, "rb") as handle:
@@ -258,7 +283,7 @@ def read_tail(path, lines):
     return tail(data.decode("utf-8", errors="replace"), lines)
 
 
-def source_digest(path):
+def source_digest(path: str) -> str | None:
     """sha256 over every regular file below ``path`` (relative names and contents).
 
     Recorded beside each build so a later run can tell that the sources in

@@ -14,11 +14,15 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ansible.module_utils.basic import AnsibleModule
 
 READ_LIMIT = 65536
 
 
-def host_path(root, path):
+def host_path(root: str | None, path: str) -> str:
     """``path`` (absolute) under ``root`` ("/" on a real host, a tmp dir in tests)."""
     root = root or "/"
     if root == "/":
@@ -26,7 +30,7 @@ def host_path(root, path):
     return os.path.join(root, path.lstrip("/"))
 
 
-def read_file(path, limit=READ_LIMIT):
+def read_file(path: str, limit: int = READ_LIMIT) -> dict[str, Any]:
     """The first ``limit`` bytes of ``path`` as text: ``{"ok": True, "text"}``, or
     ``{"ok": False, "error"}`` with the errno's text when it cannot be read."""
     try:
@@ -36,12 +40,12 @@ def read_file(path, limit=READ_LIMIT):
         return {"ok": False, "error": exc.strerror or str(exc)}
 
 
-def read_text(path, limit=READ_LIMIT):
+def read_text(path: str, limit: int = READ_LIMIT) -> str | None:
     """File content as text, or None when it does not exist or cannot be read."""
     return read_file(path, limit).get("text")
 
 
-def stat_path(path):
+def stat_path(path: str) -> dict[str, Any]:
     """What ``path`` is, following links: ``{"exists": True, "type", "mode", "link"}``
     plus ``major`` and ``minor`` for a device node, or ``{"exists": False, "error"}``.
 
@@ -71,12 +75,14 @@ def stat_path(path):
     return out
 
 
-def show_mode(mode):
+def show_mode(mode: int | None) -> str:
     """A mode of ``stat_path`` as text: ``0644``; ``none`` when unknown."""
     return "none" if mode is None else f"{mode:04o}"
 
 
-def write_atomic(module, path: str, data: bytes, mode: int = 0o644, owner_root: bool = False):
+def write_atomic(
+    module: AnsibleModule, path: str, data: bytes, mode: int = 0o644, owner_root: bool = False
+) -> None:
     """Write ``data`` to ``path`` in one step, with ``mode``, creating its folder.
 
     A temporary file in the same folder is written, given its mode (and root ownership

@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import host_path
 from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
@@ -77,7 +79,7 @@ PARAM_ERROR_PATTERNS = (
 )
 
 
-def parse_kmsg_levels(text):
+def parse_kmsg_levels(text: str | None) -> list[tuple[int, int, str]]:
     """Records of /dev/kmsg text (``pri,seq,usec,flags;message``) as
     ``[(seq, level, message)]``; level is the syslog level (0 emerg .. 7 debug).
 
@@ -91,12 +93,14 @@ def parse_kmsg_levels(text):
     return records
 
 
-def parse_kmsg(text):
+def parse_kmsg(text: str | None) -> list[tuple[int, str]]:
     """Records of /dev/kmsg text as ``[(seq, message)]`` (see parse_kmsg_levels)."""
     return [(record[0], record[2]) for record in parse_kmsg_levels(text)]
 
 
-def read_kmsg(path, levels=False):
+def read_kmsg(
+    path: str, levels: bool = False
+) -> list[tuple[int, int, str]] | list[tuple[int, str]] | None:
     """The kernel ring buffer as ``[(seq, message)]`` from /dev/kmsg, or None if unreadable;
     ``[(seq, level, message)]`` with ``levels``.
 
@@ -130,7 +134,7 @@ def read_kmsg(path, levels=False):
     return parse_kmsg_levels(text) if levels else parse_kmsg(text)
 
 
-def run_command(argv):
+def run_command(argv: Sequence[str]) -> tuple[int, str, str]:
     """``(rc, stdout, stderr)`` of ``argv`` (standard library; the Ansible modules pass
     their own runner to ``read_kernel_log``). rc 127 when the program is missing."""
     program = shutil.which(argv[0])
@@ -147,7 +151,9 @@ def run_command(argv):
     )
 
 
-def read_kernel_log(root="/", run=None):
+def read_kernel_log(
+    root: str | None = "/", run: Callable[[list[str]], tuple[int, str, str]] | None = None
+) -> dict[str, Any]:
     """The kernel log: ``{"source", "records": [(seq, level, message)]}``, oldest first.
 
     source is ``kmsg`` (``/dev/kmsg``: sequence numbers and syslog levels), else
@@ -171,19 +177,19 @@ def read_kernel_log(root="/", run=None):
     return {"source": "none", "records": [], "error": error}
 
 
-def messages(log):
+def messages(log: dict[str, Any]) -> list[str]:
     """The messages of ``read_kernel_log()``, oldest first."""
     return [record[2] for record in log["records"]]
 
 
-def mention_regex(record):
+def mention_regex(record: dict[str, Any]) -> re.Pattern[str]:
     """Regex for kernel lines that name the module (``hello_5`` or ``hello-5`` as a word)."""
     names = sorted({record["kmod"], record["name"]}, key=len, reverse=True)
     alt = "|".join(re.escape(n) for n in names)
     return re.compile(rf"(?<![A-Za-z0-9_-])(?:{alt})(?![A-Za-z0-9_-])")
 
 
-def param_errors(lines):
+def param_errors(lines: Iterable[str]) -> list[dict[str, Any]]:
     """Parameters the kernel refused or ignored, parsed from its messages."""
     errors = []
     seen = set()
@@ -205,12 +211,12 @@ def param_errors(lines):
     return errors
 
 
-def trace_line(line):
+def trace_line(line: str) -> bool:
     """Whether a kernel line is part of a stack dump, oops or WARN splat (not a reason)."""
     return any(pattern.search(line) for pattern in TRACE_PATTERNS)
 
 
-def since_unload(lines, unload_patterns):
+def since_unload(lines: list[str], unload_patterns: Iterable[str] | None) -> list[str]:
     """``lines`` after the last one matching an ``unload_patterns`` regex (all if none).
 
     For a loaded module, that is what the kernel said since its last load.
@@ -228,7 +234,12 @@ def since_unload(lines, unload_patterns):
     return lines[cut:]
 
 
-def failure_lines(records, regex, unload_patterns=(), limit=6):
+def failure_lines(
+    records: Sequence[tuple[int | None, str]],
+    regex: re.Pattern[str],
+    unload_patterns: Iterable[str] | None = (),
+    limit: int = 6,
+) -> list[str]:
     """The kernel lines that explain why loading a module failed, oldest first.
 
     records: ``[(level or None, message)]`` since the load began (level from /dev/kmsg;
@@ -269,7 +280,7 @@ def failure_lines(records, regex, unload_patterns=(), limit=6):
     return out[-limit:] if limit else out
 
 
-def modprobe_error(text):
+def modprobe_error(text: str | None) -> str | None:
     """modprobe's own complaint in its output, e.g. ``could not insert 'memory': Device
     or resource busy``, without the ``modprobe: ERROR:`` prefix; None if it has none."""
     found = []
@@ -283,7 +294,9 @@ def modprobe_error(text):
     return "; ".join(found) or None
 
 
-def logged_value(decl, lines, unload_patterns=()):
+def logged_value(
+    decl: dict[str, Any], lines: Iterable[str] | None, unload_patterns: Iterable[str] | None = ()
+) -> dict[str, str] | None:
     """What a module last printed for parameter ``decl``, from its manifest ``log`` regex.
 
     lines: the kernel log, oldest first; only the lines since the module's last load
@@ -310,7 +323,7 @@ def logged_value(decl, lines, unload_patterns=()):
 _WORDS = {"true": "Y", "yes": "Y", "on": "Y", "false": "N", "no": "N", "off": "N"}
 
 
-def _logged_text(decl, text):
+def _logged_text(decl: dict[str, Any], text: str) -> str:
     text = text.strip()
     parts = text.split(",") if decl.get("array") else [text]
     if decl.get("type") in BOOL_TYPES:
@@ -321,7 +334,7 @@ def _logged_text(decl, text):
         return text
 
 
-def logged_params(record, lines):
+def logged_params(record: dict[str, Any], lines: Iterable[str] | None) -> dict[str, dict[str, str]]:
     """``{name: logged_value(...)}`` of the parameters of ``record`` that have a ``log``
     regex and whose value is in ``lines`` since the module's last load."""
     manifest = record.get("manifest") or {}
@@ -334,7 +347,7 @@ def logged_params(record, lines):
     return out
 
 
-def missing_patterns(patterns, lines):
+def missing_patterns(patterns: Iterable[str] | None, lines: Sequence[str]) -> list[str]:
     """Regexes of ``patterns`` that match none of ``lines``."""
     out = []
     for pattern in patterns or []:

@@ -24,6 +24,8 @@ parsers), ``proc_devices`` (``/proc/devices``), ``nodes`` (``/dev`` nodes),
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
+from typing import Any
 
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import host_path, read_text
 from ansible_collections.kmodlab.lab.plugins.module_utils.nodes import dev_node_problems
@@ -42,7 +44,7 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
 from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import owners
 
 
-def module_state(root, kmod, decls):
+def module_state(root: str | None, kmod: str, decls: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Live state of ``kmod`` under /sys/module.
 
     loaded: an ``initstate`` file exists (built-in modules have a directory but none).
@@ -95,11 +97,13 @@ def module_state(root, kmod, decls):
 # --------------------------------------------------------------------------- planning
 
 
-def _usable_record(recorded):
+def _usable_record(recorded: Any) -> bool:
     return isinstance(recorded, dict) and recorded.get("state") in ("present", "config")
 
 
-def _safe_normalise(decls, params):
+def _safe_normalise(
+    decls: dict[str, dict[str, Any]], params: dict[str, Any] | None
+) -> tuple[dict[str, str], list[str]]:
     out = {}
     unknown = []
     for name, value in (params or {}).items():
@@ -115,8 +119,13 @@ def _safe_normalise(decls, params):
 
 
 def reload_reasons(
-    record, state, recorded=None, options_changed=False, installed=None, proc_devices=None
-):
+    record: dict[str, Any],
+    state: dict[str, Any],
+    recorded: dict[str, Any] | None = None,
+    options_changed: bool = False,
+    installed: dict[str, Any] | None = None,
+    proc_devices: dict[str, Any] | None = None,
+) -> list[str]:
     """Why a loaded ``present`` module must be reloaded; empty when it is as wanted.
 
     - a visible wanted parameter whose live value differs (a wanted major of 0 means
@@ -211,11 +220,13 @@ def reload_reasons(
     return reasons
 
 
-def _show(text):
+def _show(text: str | None) -> str:
     return "unset (default)" if text is None else repr(text)
 
 
-def previous_params(record, state, recorded=None):
+def previous_params(
+    record: dict[str, Any], state: dict[str, Any], recorded: dict[str, Any] | None = None
+) -> dict[str, str]:
     """What the module runs with now, as ``{name: text}``, to load it again after a failure.
 
     Visible parameters come from sysfs (skipping values equal to their default, and a
@@ -250,7 +261,9 @@ def previous_params(record, state, recorded=None):
     return out
 
 
-def device_conflicts(record, proc_devices, leaving=()):
+def device_conflicts(
+    record: dict[str, Any], proc_devices: dict[str, Any], leaving: Collection[str] = ()
+) -> list[str]:
     """Fixed majors ``record`` needs that another driver holds in /proc/devices.
 
     ``leaving`` are device names that will be gone by then (their modules are unloaded
@@ -285,7 +298,14 @@ def device_conflicts(record, proc_devices, leaving=()):
     return out
 
 
-def plan(records, states, recorded=None, files=None, installed=None, proc_devices=None):
+def plan(
+    records: list[dict[str, Any]],
+    states: dict[str, dict[str, Any]],
+    recorded: dict[str, Any] | None = None,
+    files: dict[str, dict[str, Any]] | None = None,
+    installed: dict[str, dict[str, Any]] | None = None,
+    proc_devices: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Decide, per module, whether to load, reload, unload or leave it.
 
     records:   resolved records in load order

@@ -17,6 +17,8 @@ Runs on the target and on the controller, so only the standard library is used.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
     declarations,
     kernel_args,
@@ -28,13 +30,15 @@ MODULES_LOAD_D = "/etc/modules-load.d"
 HEADER = "# Managed by kmodlab (kmod_load): "
 
 
-def config_paths(record, modprobe_dir=MODPROBE_D, modules_load_dir=MODULES_LOAD_D):
+def config_paths(
+    record: dict[str, Any], modprobe_dir: str = MODPROBE_D, modules_load_dir: str = MODULES_LOAD_D
+) -> tuple[str, str]:
     """``(/etc/modprobe.d/NAME.conf, /etc/modules-load.d/NAME.conf)`` of ``record``."""
     name = record["name"]
     return (f"{modprobe_dir}/{name}.conf", f"{modules_load_dir}/{name}.conf")
 
 
-def wants_options(record):
+def wants_options(record: dict[str, Any]) -> bool:
     """Whether ``record`` must have its modprobe.d file: it has wanted parameters and is
     loaded at boot (persist) or only configured (state config)."""
     return (
@@ -44,12 +48,14 @@ def wants_options(record):
     )
 
 
-def wants_boot(record):
+def wants_boot(record: dict[str, Any]) -> bool:
     """Whether ``record`` must have its modules-load.d file (loaded at boot)."""
     return record.get("state") in ("present", "config") and bool(record.get("persist", True))
 
 
-def wanted_files(record, modprobe_dir=MODPROBE_D, modules_load_dir=MODULES_LOAD_D):
+def wanted_files(
+    record: dict[str, Any], modprobe_dir: str = MODPROBE_D, modules_load_dir: str = MODULES_LOAD_D
+) -> dict[str, str | None]:
     """``{path: content}`` of the module's two files; None where the file must not exist.
 
     Raises params.ParamError when a wanted value cannot be written for the kernel.
@@ -69,7 +75,7 @@ def wanted_files(record, modprobe_dir=MODPROBE_D, modules_load_dir=MODULES_LOAD_
     return {modprobe: options, modules_load: boot}
 
 
-def config_lines(text):
+def config_lines(text: str | None) -> list[str]:
     """The lines of a modprobe.d or modules-load.d file that are not blank or comments."""
     out = []
     for line in (text or "").splitlines():
@@ -79,12 +85,12 @@ def config_lines(text):
     return out
 
 
-def kmod_name(name):
+def kmod_name(name: str) -> str:
     """A module name as the kernel compares it (``-`` and ``_`` are the same)."""
     return name.replace("-", "_")
 
 
-def options_of(text):
+def options_of(text: str | None) -> list[tuple[str, dict[str, str]]]:
     """The ``options`` lines of a modprobe.d file: ``[(kmod, {param: text})]``."""
     out = []
     for line in config_lines(text):

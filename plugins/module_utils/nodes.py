@@ -10,6 +10,8 @@ classifier the verify collector uses too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import (
     host_path,
     show_mode,
@@ -18,19 +20,23 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.files import (
 from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import majors_of
 
 
-def dev_nodes(record):
+def dev_nodes(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest's ``expect.dev_nodes`` of ``record``."""
     manifest = record.get("manifest") or {}
     return list((manifest.get("expect") or {}).get("dev_nodes") or [])
 
 
-def dev_node_state(root, path):
+def dev_node_state(root: str | None, path: str) -> dict[str, Any]:
     """What ``path`` is under ``root``: files.stat_path() (``exists``, ``type``,
     ``mode`` as an int, ``link``, ``major``/``minor`` of a device node)."""
     return stat_path(host_path(root, path))
 
 
-def dev_node_problems(record, nodes, proc_devices=None):
+def dev_node_problems(
+    record: dict[str, Any],
+    nodes: dict[str, dict[str, Any]],
+    proc_devices: dict[str, Any] | None = None,
+) -> list[tuple[str, str, bool]]:
     """How the /dev nodes of a loaded module differ from its manifest.
 
     nodes: ``{path: dev_node_state()}``; proc_devices: parse_proc_devices(). Returns

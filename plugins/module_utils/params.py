@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from typing import Any
 
 INT_TYPES = ("byte", "short", "ushort", "int", "uint", "long", "ulong")
 BOOL_TYPES = ("bool", "invbool")
@@ -35,25 +36,25 @@ class ParamError(ValueError):
 # --------------------------------------------------------------------------- values
 
 
-def declarations(record):
+def declarations(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameter declarations of a resolved record, by name."""
     manifest = record.get("manifest") or {}
     return {p["name"]: p for p in manifest.get("parameters") or []}
 
 
-def visible(decl):
+def visible(decl: dict[str, Any]) -> bool:
     """Whether the parameter shows under /sys/module/KMOD/parameters (perm != 0)."""
     return int(str(decl.get("perm") or "0"), 8) != 0
 
 
-def major_params(record):
+def major_params(record: dict[str, Any]) -> set[str]:
     """Names of parameters that choose a major number (manifest proc_devices)."""
     manifest = record.get("manifest") or {}
     expect = manifest.get("expect") or {}
     return {d["major_param"] for d in expect.get("proc_devices") or [] if d.get("major_param")}
 
 
-def _scalar(decl, value):
+def _scalar(decl: dict[str, Any], value: Any) -> str:
     ptype = decl.get("type")
     name = decl.get("name")
     if ptype in BOOL_TYPES:
@@ -89,7 +90,7 @@ def _scalar(decl, value):
     raise ParamError(f"parameter {name}: unknown type {ptype!r}")
 
 
-def _to_int(value):
+def _to_int(value: Any) -> int:
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -101,12 +102,12 @@ def _to_int(value):
     return int(value)
 
 
-def fixed_size(decl):
+def fixed_size(decl: dict[str, Any]) -> bool:
     """Whether ``decl`` is an array without a count variable (manifest ``counted: false``)."""
     return bool(decl.get("array")) and decl.get("counted", True) is False
 
 
-def arg_value(decl, value):
+def arg_value(decl: dict[str, Any], value: Any) -> str:
     """The text of ``value`` as modprobe passes it on (``name=TEXT``), without padding.
 
     bool/invbool -> Y or N, integers -> decimal, charp -> the string, arrays -> the
@@ -121,7 +122,7 @@ def arg_value(decl, value):
     return _scalar(decl, value)
 
 
-def sysfs_value(decl, value):
+def sysfs_value(decl: dict[str, Any], value: Any) -> str:
     """The text /sys/module/KMOD/parameters/NAME shows for ``value`` (without newline).
 
     As ``arg_value``, except for a fixed-size array (no count variable): the kernel's
@@ -136,7 +137,7 @@ def sysfs_value(decl, value):
     return arg_value(decl, value)
 
 
-def _decl_for(decls, name):
+def _decl_for(decls: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     try:
         return decls[name]
     except KeyError:
@@ -144,17 +145,19 @@ def _decl_for(decls, name):
         raise ParamError(f"unknown parameter {name} (declared: {known})") from None
 
 
-def normalise(decls, params):
+def normalise(decls: dict[str, dict[str, Any]], params: dict[str, Any] | None) -> dict[str, str]:
     """``{name: sysfs text}`` for wanted ``params``."""
     return {k: sysfs_value(_decl_for(decls, k), v) for k, v in sorted((params or {}).items())}
 
 
-def normalise_args(decls, params):
+def normalise_args(
+    decls: dict[str, dict[str, Any]], params: dict[str, Any] | None
+) -> dict[str, str]:
     """``{name: argument text}`` for wanted ``params`` (what modprobe is given)."""
     return {k: arg_value(_decl_for(decls, k), v) for k, v in sorted((params or {}).items())}
 
 
-def param_tokens(decls, params):
+def param_tokens(decls: dict[str, dict[str, Any]], params: dict[str, Any] | None) -> list[str]:
     """The ``name=value`` arguments, one per parameter, in name order (modprobe argv).
 
     modprobe itself puts double quotes around a value that contains spaces.
@@ -171,12 +174,12 @@ def param_tokens(decls, params):
     return tokens
 
 
-def args_string(decls, params):
+def args_string(decls: dict[str, dict[str, Any]], params: dict[str, Any] | None) -> str:
     """The ``params`` string for community.general.modprobe (it shlex-splits it)."""
     return " ".join(shlex.quote(t) for t in param_tokens(decls, params))
 
 
-def options_string(decls, params):
+def options_string(decls: dict[str, dict[str, Any]], params: dict[str, Any] | None) -> str:
     """The arguments of an ``options KMOD ...`` line: values with spaces in double quotes."""
     out = []
     for token in param_tokens(decls, params):
@@ -188,19 +191,19 @@ def options_string(decls, params):
     return " ".join(out)
 
 
-def strip_newline(text):
+def strip_newline(text: str | None) -> str | None:
     """sysfs values end with one newline; drop exactly that one."""
     if text is None:
         return None
     return text[:-1] if text.endswith("\n") else text
 
 
-def args_from_texts(texts):
+def args_from_texts(texts: dict[str, str]) -> str:
     """A shell-quoted modprobe ``params`` string from ``{name: sysfs text}``."""
     return " ".join(shlex.quote(f"{name}={texts[name]}") for name in sorted(texts))
 
 
-def kernel_args(text):
+def kernel_args(text: str | None) -> dict[str, str]:
     """``k=v k2="a b"`` as the kernel splits an argument string (double quotes group,
     no escapes): ``{k: v}``; the inverse of ``options_string``."""
     out = {}
@@ -214,7 +217,7 @@ def kernel_args(text):
     return out
 
 
-def default_text(decl):
+def default_text(decl: dict[str, Any]) -> str | None:
     """The sysfs text of a parameter's manifest default, or None when it has none."""
     try:
         return sysfs_value(decl, decl.get("default"))
@@ -225,7 +228,7 @@ def default_text(decl):
 # --------------------------------------------------------------------------- majors
 
 
-def major_number(value):
+def major_number(value: Any) -> int | None:
     """The major a major parameter's value (or a manifest ``major``) fixes: an int > 0,
     or None when the kernel chooses (0, ``"dynamic"``, unset, not a number)."""
     if isinstance(value, bool) or value is None:
@@ -237,7 +240,7 @@ def major_number(value):
     return number if number > 0 else None
 
 
-def wanted_major(record, device):
+def wanted_major(record: dict[str, Any], device: dict[str, Any]) -> int | None:
     """The major ``device`` (an ``expect.proc_devices`` entry of ``record``) must have:
     the wanted (else default) value of its ``major_param``, or its fixed ``major``;
     None when the kernel chooses (``major: dynamic``, a major parameter of 0)."""
@@ -248,7 +251,7 @@ def wanted_major(record, device):
     return major_number(device.get("major"))
 
 
-def dynamic_major(record, name, text):
+def dynamic_major(record: dict[str, Any], name: str, text: str | None) -> bool:
     """Whether parameter ``name`` of ``record`` chooses a major and ``text`` (its sysfs
     text) lets the kernel choose it: the live value is then whatever the kernel took,
     nothing to compare."""

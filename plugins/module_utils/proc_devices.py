@@ -10,11 +10,13 @@ name has (``majors_of``) are both read from it.
 
 from __future__ import annotations
 
+from typing import Any
+
 PROC_DEVICES = "/proc/devices"
 KINDS = ("char", "block")
 
 
-def parse_proc_devices(text):
+def parse_proc_devices(text: str | None) -> dict[str, dict[int, list[str]]]:
     """``/proc/devices`` as ``{"char": {major: [names]}, "block": {...}}``."""
     out = {"char": {}, "block": {}}
     section = None
@@ -32,11 +34,11 @@ def parse_proc_devices(text):
     return out
 
 
-def majors_of(table, name, kind="char"):
+def majors_of(table: dict[str, Any], name: str, kind: str = "char") -> list[int]:
     """The majors device ``name`` holds in ``table`` (parse_proc_devices), sorted."""
     return sorted(major for major, names in (table.get(kind) or {}).items() if name in names)
 
 
-def owners(table, major, kind="char"):
+def owners(table: dict[str, Any], major: int, kind: str = "char") -> list[str]:
     """The device names that hold ``major`` in ``table`` (parse_proc_devices)."""
     return list((table.get(kind) or {}).get(major) or [])

@@ -72,7 +72,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import write_atomic
 
 
-def _read(path):
+def _read(path: str) -> str | None:
     try:
         with open(path) as fh:
             return fh.read()
@@ -80,7 +80,7 @@ def _read(path):
         return None
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             files=dict(

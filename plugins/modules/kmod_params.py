@@ -232,6 +232,8 @@ kernel_release:
 import json
 import os
 import platform
+from collections.abc import Callable
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
@@ -278,7 +280,7 @@ ARGUMENT_SPEC = dict(
 KERNEL_LOG_LINES = 20
 
 
-def _installed(module, root, kmods):
+def _installed(module: AnsibleModule, root: str, kmods: list[str]) -> dict[str, dict[str, Any]]:
     """srcversion and version of the module files modprobe would load, by kmod name.
 
     One modinfo call for all modules; its output is split at each "filename:" line.
@@ -313,11 +315,11 @@ def _installed(module, root, kmods):
     return {k: v for k, v in out.items() if k in kmods}
 
 
-def _runner(module):
+def _runner(module: AnsibleModule) -> Callable[[list[str]], tuple[int, str, str]]:
     """run(argv) -> (rc, stdout, stderr) with the module's run_command; rc 127 when the
     program is not installed (run_command would fail the module)."""
 
-    def run(argv):
+    def run(argv: list[str]) -> tuple[int, str, str]:
         program = module.get_bin_path(argv[0])
         if not program:
             return 127, "", f"{argv[0]}: command not found"
@@ -326,7 +328,7 @@ def _runner(module):
     return run
 
 
-def _fact(root, path):
+def _fact(root: str, path: str) -> dict[str, Any]:
     content = read_text(host_path(root, path))
     data = None
     if content is not None:
@@ -337,7 +339,7 @@ def _fact(root, path):
     return {"path": path, "exists": content is not None, "content": content, "data": data}
 
 
-def _check_record(module, rec, index):
+def _check_record(module: AnsibleModule, rec: dict[str, Any], index: int) -> None:
     for key in ("name", "kmod", "state"):
         if key not in rec:
             module.fail_json(
@@ -349,7 +351,7 @@ def _check_record(module, rec, index):
         )
 
 
-def run(module):
+def run(module: AnsibleModule) -> dict[str, Any]:
     params = module.params
     root = params["root"]
     records = params["modules"]
@@ -517,7 +519,7 @@ def run(module):
     }
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     module.exit_json(**run(module))
 

@@ -1,5 +1,5 @@
 """A DKMS tree laid out the way dkms 3.0.10 lays it out on Debian 12 (checked there with
-``ls -lR /var/lib/dkms``), shared by the fast tests of the tree reader and of kmodlab_dkms:
+``ls -lR /var/lib/dkms``), shared by the fast tests of the tree reader and of kmodlab.lab.dkms:
 
     usr/src/NAME-VERSION/                      sources, dkms.conf
     var/lib/dkms/NAME/VERSION/source           -> usr/src/NAME-VERSION (added)

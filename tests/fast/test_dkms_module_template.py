@@ -7,7 +7,7 @@ bash, with dkms's variables set. Every package keeps its Module.symvers with a P
 a module that depends on others gets BUILD_DEPENDS and their Module.symvers through
 KBUILD_EXTRA_SYMBOLS. Where dkms is installed (and the tests run as root), the pair
 symexport/symuse is written by ``kmodlab.package.write``, then added, built and installed
-by the real dkms in a scratch tree, the way kmodlab_dkms orders it.
+by the real dkms in a scratch tree, the way kmodlab.lab.dkms orders it.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _headers() -> Path | None:
     reason="no /usr/src/linux-headers-*-amd64: apt-get install linux-headers-amd64",
 )
 def test_real_dkms_builds_the_pair_dependency_first(tmp_path):
-    """dkms 3.0's add, build and install of symexport then symuse, as kmodlab_dkms runs
+    """dkms 3.0's add, build and install of symexport then symuse, as kmodlab.lab.dkms runs
     them, in a scratch tree (--dkmstree, --sourcetree, --installtree; unsigned), from the
     trees kmodlab.package.write wrote: symuse's build reads symexport's Module.symvers,
     which its POST_BUILD kept; symuse, which exports nothing, keeps its own all the same."""
@@ -296,7 +296,7 @@ def test_real_dkms_builds_the_pair_dependency_first(tmp_path):
     assert early.returncode != 0
     early_log = (tree / "symuse/1.0.0/build/make.log").read_text()
     assert "symexport/kernel-" in early_log and "Module.symvers" in early_log, early_log
-    # kmodlab_dkms's order: the dependency built and installed, then the dependent
+    # kmodlab.lab.dkms order: the dependency built and installed, then the dependent
     for name in ("symexport",):
         step("add", name)
         built = step("build", name)

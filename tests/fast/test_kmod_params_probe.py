@@ -1,4 +1,4 @@
-"""The kmodlab_kmod_params probe module against a fake /sys, /proc, /dev/kmsg and /etc.
+"""The kmodlab.lab.kmod_params probe module against a fake /sys, /proc, /dev/kmsg and /etc.
 
 The module reads everything under its ``root`` option; here that is a tmp dir laid out
 like a host with hello_5 loaded. ``run_command`` (modinfo, dmesg) is mocked.

@@ -126,5 +126,14 @@ def test_a_stage_role_takes_the_resolved_selection_not_layers(role):
     preflight = (ROLES_DIR / role / "tasks" / "preflight.yml").read_text()
     assert "kmodlab.lab.selection:" in preflight
     text = "".join(p.read_text() for p in (ROLES_DIR / role).rglob("*.yml"))
-    for old in ("lists_mergeby", "kmodlab_modules'", "namespace("):
-        assert old not in text, f"roles/{role} still has {old}"
+    assert "lists_mergeby" not in text, f"roles/{role} merges layers itself"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_program_logic_lives_in_plugins_not_in_jinja(role):
+    """No accumulator loops (namespace) and no file reading inside a template: such
+    logic is a filter or action plugin with unit tests."""
+    for path in (ROLES_DIR / role).rglob("*.yml"):
+        text = path.read_text()
+        assert "namespace(" not in text, f"{path.relative_to(REPO)}: a Jinja accumulator loop"
+        assert "{%- for" not in text and "{% for" not in text, f"{path.relative_to(REPO)}: a loop"

@@ -1,6 +1,8 @@
 """DKMS packages on a real kernel: a version bump, a downgrade and a removal of one lab
 module through lab.yml, each verified by the play's own verify stage, and the lab
-converged again at the end."""
+converged again at the end. Installing and pruning are two steps: with
+dkms_module_prune=false the replaced version stays registered and built (a rollback
+target), and a later run prunes it."""
 
 from __future__ import annotations
 
@@ -37,7 +39,27 @@ def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) ->
     kernel = converged.run("uname -r").strip()
     copy = manifests_with_version(tmp_path, MOD.name, BUMPED)
 
-    # Bump: the new version is built and installed, the old one removed with its sources.
+    # Bump without pruning: the new version is built and installed and loaded; the old one
+    # stays registered and built, with its sources, ready to be installed again.
+    proc = playbook(
+        converged,
+        "-e",
+        f"kmodlab_manifest_dir={copy}",
+        "-e",
+        json.dumps({"dkms_module_prune": False}),
+        "-e",
+        f"kmod_verify_report_dir={tmp_path}/kept",
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    status = _dkms(converged)
+    assert f"{MOD.name}/{BUMPED}, {kernel}, x86_64: installed" in status, status
+    assert f"{MOD.name}/{MOD.version}, {kernel}, x86_64: built" in status, status
+    assert _sources(converged) == sorted(
+        [f"/usr/src/{MOD.name}-{MOD.version}", f"/usr/src/{MOD.name}-{BUMPED}"]
+    )
+    assert _report(tmp_path / "kept")[MOD.name]["version"] == BUMPED
+
+    # The next run prunes: the old version is removed from DKMS with its sources.
     proc = playbook(
         converged,
         "-e",

@@ -96,7 +96,7 @@ def test_full_disk_during_a_dkms_build_keeps_the_old_version(
 
     assert proc.returncode != 0, proc.stdout[-5000:]
     # The failure report of dkms_module names the module, its version and the cause.
-    report = proc.stdout.split("TASK [dkms_module : Show the modules that failed", 1)
+    report = proc.stdout.split("TASK [kmodlab.lab.dkms_module : Show the modules that failed", 1)
     assert len(report) == 2, proc.stdout[-5000:]
     failure = " ".join(line.strip() for line in report[1].split("\nTASK [", 1)[0].splitlines())
     assert re.search(

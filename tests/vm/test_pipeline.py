@@ -70,7 +70,7 @@ cmp $COPY /tmp/kmlt/keep.ko
 
 
 def test_dkms_tree_reader_agrees_with_dkms_status(converged: Guest) -> None:
-    """kmodlab_dkms and the verify suite read DKMS state from the tree, not from dkms status
+    """kmodlab.lab.dkms and the verify suite read DKMS state from the tree, not from dkms status
     (25 s on this guest): on the real dkms, the reader says what dkms status says."""
     reader = ROOT / "plugins/module_utils/dkms_tree.py"
     converged.run("mkdir -p /tmp/kmlt && cat > /tmp/kmlt/dkms_tree.py", stdin=reader.read_bytes())

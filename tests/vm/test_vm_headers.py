@@ -42,7 +42,7 @@ def test_pinned_headers_fail_naming_kernel_package_pin_and_fix(sb: Guest) -> Non
         sb.run(f"sudo rm -f {PIN}")
     assert proc.returncode != 0, proc.stdout[-4000:]
     assert (
-        "TASK [kernel_headers : Fail when a pin forbids the running kernel's headers]"
+        "TASK [kmodlab.lab.kernel_headers : Fail when a pin forbids the running kernel's headers]"
         in proc.stdout
     ), proc.stdout[-4000:]
     text = one_line(proc.stdout)
@@ -81,8 +81,8 @@ def test_unreachable_mirror_fails_naming_it_and_the_fix(sb: Guest) -> None:
         )
     assert proc.returncode != 0, proc.stdout[-4000:]
     assert (
-        "TASK [kernel_headers : Fail when apt could not reach a mirror that the headers "
-        "would come from]" in proc.stdout
+        "TASK [kmodlab.lab.kernel_headers : Fail when apt could not reach a mirror that the "
+        "headers would come from]" in proc.stdout
     ), proc.stdout[-4000:]
     text = one_line(proc.stdout)
     assert (

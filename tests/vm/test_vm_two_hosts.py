@@ -94,7 +94,9 @@ def test_two_hosts_one_play_with_a_host_layer_and_one_gone(
         counters = recap(proc.stdout, host)
         assert counters is not None and counters["unreachable"] == 0, proc.stdout[-6000:]
     tasks = {task for task, _host in failed_tasks(proc.stdout)}
-    assert tasks == {"TASK [kmod_verify : Fail when a check failed or a host is unreachable]"}, (
+    assert tasks == {
+        "TASK [kmodlab.lab.kmod_verify : Fail when a check failed or a host is unreachable]"
+    }, (
         tasks,
         proc.stdout[-6000:],
     )

@@ -4,7 +4,7 @@ kmod_verify's render phase writes one file per host on the controller,
 ``DIR/HOST.json``::
 
     {"schema": 1, "host": "lab1", "kernel": "6.1.0-18-amd64",
-     "modules": [<records of the kmodlab_modules lookup, in load order>]}
+     "modules": [<records resolved by kmodlab.lab.selection, in load order>]}
 
 A record carries the module's state, its wanted parameters and its whole manifest,
 so every check is derived from it and nothing is written per module in the suite.
@@ -78,7 +78,7 @@ def load_expectation(directory: str | Path, host: str) -> Expectation:
         if missing:
             raise ExpectationError(
                 f"{path}: modules[{index}] lacks {', '.join(missing)} "
-                "(records come from the kmodlab_modules lookup)"
+                "(records come from kmodlab.lab.selection)"
             )
     return Expectation(host=host, kernel=kernel, modules=modules, path=path)
 

@@ -1,4 +1,4 @@
-"""Fast tier: kmodlab.lab.dkms on a full disk (the fake dkms of test_kmodlab_dkms.py).
+"""Fast tier: kmodlab.lab.dkms on a full disk (the fake dkms of test_dkms.py).
 
 A new version whose build or sources hit "No space left on device" leaves nothing half
 added: not in DKMS, no source folder of its own (the controller has the same files, and
@@ -14,7 +14,7 @@ import os
 import pytest
 
 # dkms is the fixture, used by name
-from test_kmodlab_dkms import (  # pylint: disable=unused-import
+from test_dkms import (  # pylint: disable=unused-import
     ARCH,
     K,
     by_name,

@@ -1,4 +1,4 @@
-"""Fast tier: the kmodlab_files Ansible module (many small root-owned files in one call)."""
+"""Fast tier: kmodlab.lab.config_files (many small root-owned files in one call)."""
 
 from __future__ import annotations
 
