@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Target-side helpers for kmodlab's DKMS module and verify suite: DKMS state, digests.
 
-This file is shipped to managed hosts inside the module payload (ansible.cfg names the
-``module_utils`` folder), and inside the verify collector, where the ``kmodlab`` package is
+This file is shipped to managed hosts inside the module payload (AnsiballZ) and inside
+the verify collector's zip, where the ``kmodlab`` package is
 not installed: standard library only, Python 3.10+ (the floor in tests/config.yml).
 
 ``read_tree`` reads the state of packages straight from dkms's own tree, the files

@@ -184,8 +184,12 @@ def next_names(existing: set[str], count: int) -> list[str]:
     return names
 
 
-def _stop_pid(vm: Vm, lab: Lab, graceful: float = 20.0) -> None:
-    """Stop our QEMU for ``vm``: ACPI power-off, then SIGTERM, then SIGKILL. By PID only."""
+def _stop_pid(vm: Vm, lab: Lab, graceful: float = 90.0) -> None:
+    """Stop our QEMU for ``vm``: ACPI power-off, then SIGTERM, then SIGKILL. By PID only.
+
+    A TCG guest on a busy machine can take well over 20 s to power off, and QEMU stopped
+    before the guest synced loses what it had not written back (seen: a file written just
+    before `vm down` missing after `vm up`), so the guest gets 90 s."""
     if not process_alive(vm, lab):
         return
     pid = vm.pid
