@@ -27,6 +27,23 @@ from ansible.plugins.loader import init_plugin_loader
 # find it by FQCN.
 init_plugin_loader()
 
+
+def _collection_is_this_repository() -> None:
+    """Another copy of kmodlab.lab earlier in Ansible's collection path (for example one
+    installed with ansible-galaxy in ~/.ansible/collections) would be tested instead."""
+    import ansible_collections.kmodlab.lab as collection
+
+    found = Path(next(iter(collection.__path__))).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if found != here:
+        raise pytest.UsageError(
+            f"kmodlab.lab resolves to {found}, not to this repository ({here}): remove that "
+            "copy (or run scripts/install-deps, which links the repository into .venv)"
+        )
+
+
+_collection_is_this_repository()
+
 ALLOW_ENV = "KMODLAB_ALLOW_SKIPS"
 VM_DIR = Path(__file__).resolve().parent / "vm"
 
