@@ -201,7 +201,7 @@ def _powerdown(vm: Vm, lab: Lab) -> bool:
 def _wait_gone(vm: Vm, lab: Lab, pid: int, deadline: float) -> bool:
     while time.monotonic() < deadline:
         if not process_alive(vm, lab):
-            _reap(pid)
+            _reap_exiting(pid)
             return True
         _reap(pid)
         time.sleep(0.2)
@@ -257,6 +257,20 @@ def _stop_pids(vms: list[Vm], lab: Lab, graceful: float = 90.0) -> None:
 
 def _stop_pid(vm: Vm, lab: Lab, graceful: float = 90.0) -> None:
     _stop_pids([vm], lab, graceful)
+
+
+def _reap_exiting(pid: int, wait: float = 2.0) -> None:
+    """Reap ``pid`` if it is our child: a process that no longer shows as our QEMU may
+    still be exiting (its /proc cmdline is gone before it is a zombie)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return
+        if done:
+            return
+        time.sleep(0.02)
 
 
 def _reap(pid: int) -> None:
