@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import (
+    entry,
     entry_for,
     kernels_installed,
-    status_line,
     versions_on_kernel,
 )
 
@@ -370,10 +370,10 @@ def _rebuild_reason(
         return "its source folder is gone"
     if current not in ("built", "installed"):
         return None
-    entry = entry_for(snap.entries, p.name, p.version, kernel)
+    found = entry_for(snap.entries, p.name, p.version, kernel)
     if src.changed:
         return "its sources changed"
-    if entry and entry["missing"]:
+    if found and found["missing"]:
         return "dkms reports built modules missing"
     if src.digest is None:
         # Never tear down a working module because its sources went missing.
@@ -444,13 +444,13 @@ def _present(
     force = bool(others)
     for k in kernels:
         kw = {"package": p.name, "version": p.version, "kernel": k}
-        entry = entry_for(snap.entries, p.name, p.version, k)
+        found = entry_for(snap.entries, p.name, p.version, k)
         if status[k] in (None, "added"):
             out.append(Build(**kw, reason=why.get(k) or f"not built for {k}"))
             out.append(Install(**kw, force_version=force, reason="built now"))
         elif status[k] == "built":
             out.append(Install(**kw, force_version=force, reason=f"built, not installed for {k}"))
-        elif entry and entry["diff"]:
+        elif found and found["diff"]:
             diff = "the installed module differs from its build"
             out += [Uninstall(**kw, reason=diff), Install(**kw, force_version=force, reason=diff)]
     return out
@@ -498,8 +498,8 @@ def _prune(p: Package, snap: Snapshot, kernels: Sequence[str]) -> list[Step]:
 
 
 def _installed_clean(entries: Sequence[Entry], p: Package, kernel: str) -> bool:
-    entry = entry_for(entries, p.name, p.version, kernel)
-    return bool(entry) and entry["status"] == "installed" and not entry["diff"]
+    found = entry_for(entries, p.name, p.version, kernel)
+    return bool(found) and found["status"] == "installed" and not found["diff"]
 
 
 # -- what the plan needs and leaves -------------------------------------------------------
@@ -516,22 +516,6 @@ def missing_headers(steps: Iterable[Step], snapshot: Snapshot) -> dict[str, list
     return out
 
 
-def _new_entry(
-    name: str, version: str, kernel: str | None, arch: str | None, status: str
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "version": version,
-        "kernel": kernel,
-        "arch": arch,
-        "status": status,
-        "notes": [],
-        "diff": False,
-        "missing": False,
-        "line": status_line(name, version, kernel, arch, status),
-    }
-
-
 def predict_entries(entries: Sequence[Entry], steps: Iterable[Step], arch: str) -> list[Entry]:
     """The DKMS tree's entries once ``steps`` are done (check mode, diffs)."""
     out: list[Entry] = list(entries)
@@ -543,12 +527,12 @@ def predict_entries(entries: Sequence[Entry], steps: Iterable[Step], arch: str) 
         if isinstance(s, RemoveVersion):
             out = [e for e in out if not same(e, s, s.version)]
         elif isinstance(s, Add) and not any(same(e, s, s.version) for e in out):
-            out.append(_new_entry(s.package, s.version, None, None, "added"))
+            out.append(entry(s.package, s.version, None, None, "added"))
         elif isinstance(s, Build):
             out = [
                 e for e in out if not (same(e, s, s.version) and e["kernel"] in (None, s.kernel))
             ]
-            out.append(_new_entry(s.package, s.version, s.kernel, arch, "built"))
+            out.append(entry(s.package, s.version, s.kernel, arch, "built"))
         elif isinstance(s, Install):
             demoted = []
             for e in out:
@@ -556,9 +540,9 @@ def predict_entries(entries: Sequence[Entry], steps: Iterable[Step], arch: str) 
                     if e["version"] == s.version:
                         continue
                     if e["status"] == "installed":
-                        e = _new_entry(e["name"], e["version"], e["kernel"], e["arch"], "built")
+                        e = entry(e["name"], e["version"], e["kernel"], e["arch"], "built")
                 demoted.append(e)
-            demoted.append(_new_entry(s.package, s.version, s.kernel, arch, "installed"))
+            demoted.append(entry(s.package, s.version, s.kernel, arch, "installed"))
             out = demoted
     return sorted(out, key=lambda e: (e["name"], e["version"], e["kernel"] or "", e["arch"] or ""))
 

@@ -48,7 +48,7 @@ def status_line(
     return line + "".join(f" ({n})" for n in notes)
 
 
-def _entry(
+def entry(
     name: str,
     version: str,
     kernel: str | None,
@@ -57,6 +57,7 @@ def _entry(
     diff: bool = False,
     missing: bool = False,
 ) -> dict[str, Any]:
+    """One entry as ``read_tree`` returns it (the planner predicts entries with it too)."""
     notes = []
     if missing:
         notes.append("WARNING! Missing some built modules!")
@@ -197,9 +198,9 @@ def read_tree(
                         if copy is None or not _same_file(built, copy):
                             diff = True
                 status = "installed" if is_installed else "built"
-                found.append(_entry(name, version, kernel, arch, status, diff, missing))
+                found.append(entry(name, version, kernel, arch, status, diff, missing))
             entries.extend(
-                found or [_entry(name, version, None, None, "broken" if broken else "added")]
+                found or [entry(name, version, None, None, "broken" if broken else "added")]
             )
     return entries
 

@@ -46,18 +46,8 @@ DIGEST = "d" * 64
 
 
 def entry(name, version, kernel=None, status="added", diff=False, missing=False):
-    arch = A if kernel else None
-    return {
-        "name": name,
-        "version": version,
-        "kernel": kernel,
-        "arch": arch,
-        "status": status,
-        "notes": [],
-        "diff": diff,
-        "missing": missing,
-        "line": tree.status_line(name, version, kernel, arch, status),
-    }
+    """An entry exactly as the tree reader returns it."""
+    return tree.entry(name, version, kernel, A if kernel else None, status, diff, missing)
 
 
 def package(name="hello", version="1.0", **kw):

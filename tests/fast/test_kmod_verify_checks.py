@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.kmodlab.lab.plugins.module_utils import kmod_config, params
+from ansible_collections.kmodlab.lab.plugins.module_utils import dkms_tree, kmod_config, params
 
 from kmodlab.selection import resolve
 from kmodlab.verify import checks
@@ -234,18 +234,8 @@ def broken(change) -> dict[str, Any]:
 
 
 def dkms_entry(name, version, kernel, status, diff=False):
-    """An entry as kmodlab_dkms_status.read_tree returns it."""
-    note = " (WARNING! Diff between built and installed module!)" if diff else ""
-    return {
-        "name": name,
-        "version": version,
-        "kernel": kernel,
-        "arch": "x86_64",
-        "status": status,
-        "diff": diff,
-        "missing": False,
-        "line": f"{name}/{version}, {kernel}, x86_64: {status}{note}",
-    }
+    """An entry exactly as dkms_tree.read_tree returns it."""
+    return dkms_tree.entry(name, version, kernel, "x86_64", status, diff)
 
 
 def set_dkms(*entries):

@@ -15,11 +15,11 @@ import secrets
 import time
 
 import pytest
+from ansible_collections.kmodlab.lab.plugins.module_utils.params import sysfs_value
 from vmhelpers import PLAIN, ROOT, Guest, kmodlab, playbook
 
 from kmodlab.lab import vms
 from kmodlab.manifest import load_manifest
-from kmodlab.verify.checks import expected_text
 
 # A failure halfway leaves the lab converged again for the tests after it.
 pytestmark = pytest.mark.usefixtures("restores_lab")
@@ -67,7 +67,7 @@ def test_persisted_modules_load_at_boot_with_their_parameters(converged: Guest) 
         if decls[name]["perm"] == "0000":
             continue
         live = converged.run(f"sudo cat /sys/module/hello_5/parameters/{name}").strip()
-        assert live == expected_text(decls[name], value), name
+        assert live == sysfs_value(decls[name], value), name
 
     again = playbook(converged)
     assert again.returncode == 0, again.stdout[-5000:]

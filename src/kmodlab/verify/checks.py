@@ -65,12 +65,6 @@ KERNEL_LINES = 20
 NOT_OBSERVABLE = "not observable: "
 
 
-# ------------------------------------------------------------------ values
-
-# What sysfs shows for a wanted value: params.sysfs_value itself (tests/vm use the name).
-expected_text = sysfs_value
-
-
 def kernel_context(record: dict[str, Any], obs: Observation) -> list[str]:
     """The last kernel lines that name the module."""
     regex = mention_regex(record)
