@@ -145,17 +145,27 @@ def kmod_load_fact(
     records: list[dict[str, Any]] | None,
     failed: dict[str, Any] | None = None,
     recorded: dict[str, Any] | None = None,
+    probes: list[list[dict[str, Any]] | None] | None = None,
 ) -> dict[str, Any]:
     """Content of /etc/ansible/facts.d/kmodlab_kmod_load.fact: ``{"modules": {...}}``.
 
     Each selected module maps to its kmod name, version, state, persist and wanted
-    parameters. A module that failed keeps the entry of the last successful run (or
-    none), so the fact always describes what was really applied.
+    parameters, and for a present module the key id its installed file is signed with
+    (``sig_key``, from the probes' ``installed``, the later probe winning: the file the
+    kernel checked when it loaded the module). A module that failed keeps the entry of
+    the last successful run (or none), so the fact always describes what was really
+    applied.
     """
     failed = failed or {}
     recorded = recorded or {}
     if isinstance(recorded, dict) and isinstance(recorded.get("modules"), dict):
         recorded = recorded["modules"]
+    signed: dict[str, str] = {}
+    for probe in probes or []:
+        for entry in probe or []:
+            sig_key = (entry.get("installed") or {}).get("sig_key")
+            if sig_key:
+                signed[entry["name"]] = sig_key
     modules = {}
     for rec in records or []:
         name = rec["name"]
@@ -170,6 +180,10 @@ def kmod_load_fact(
             "persist": bool(rec.get("persist", True)),
             "params": dict(sorted((rec.get("params") or {}).items())),
         }
+        before = recorded.get(name) if isinstance(recorded, dict) else None
+        sig_key = signed.get(name) or (before or {}).get("sig_key")
+        if rec["state"] == "present" and sig_key:
+            modules[name]["sig_key"] = sig_key
     return {"modules": modules}
 
 

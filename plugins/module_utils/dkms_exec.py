@@ -45,7 +45,9 @@ Concurrency, reasoned rather than measured:
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import json
 import os
 import re
@@ -72,6 +74,7 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_plan import (
     PlanError,
     RecordDigest,
     RemoveVersion,
+    Resign,
     Snapshot,
     Sources,
     Step,
@@ -89,6 +92,8 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_plan import (
     validate,
 )
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import (
+    DEFAULT_DEST,
+    conf_modules,
     entry_for,
     read_tail,
     read_tree,
@@ -98,14 +103,18 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import (
     versions_on_kernel,
 )
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import write_atomic
+from ansible_collections.kmodlab.lab.plugins.module_utils.modsig import SignatureError
+from ansible_collections.kmodlab.lab.plugins.module_utils.modsig import read as read_signature
 
 DIGEST_FILE = "kmodlab-source.sha256"
+SIGNING_LINE = "signing-key "
 # English, so dkms/make/gcc output (and our parsing of it) does not depend on the locale.
 C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LC_MESSAGES": "C"}
 OUTPUT_LINES = 40
 # strerror(ENOSPC) as dkms, make and gcc print it (they run in the C locale).
 ENOSPC = "No space left on device"
 _SIGNING_SETTING = re.compile(r"""^\s*(mok_signing_key|mok_certificate)=["']?([^"'\s]+)""")
+_FRAMEWORK_SETTING = re.compile(r"""^\s*([a-z_]+)=["']?([^"'\s]+)""")
 _PACKAGE_NAME = re.compile(r"""^\s*PACKAGE_NAME=["']?([^"'\s]+)""", re.MULTILINE)
 
 
@@ -122,6 +131,27 @@ class Paths:
 def disk_full(*texts: str | Sequence[str] | None) -> bool:
     """Whether a failure's texts (strings or lists of lines) say a filesystem was full."""
     return any(ENOSPC in (t if isinstance(t, str) else "\n".join(t or [])) for t in texts)
+
+
+def parse_record(text: str) -> tuple[str | None, str | None]:
+    """``(digest, signing fingerprint)`` of a record file: the digest on the first line,
+    then ``signing-key FINGERPRINT`` when dkms signed the build."""
+    lines = text.strip().splitlines()
+    digest = lines[0].strip() if lines and not lines[0].startswith(SIGNING_LINE) else None
+    signing = next(
+        (ln[len(SIGNING_LINE) :].strip() for ln in lines if ln.startswith(SIGNING_LINE)), None
+    )
+    return digest or None, signing or None
+
+
+def certificate_fingerprint(data: bytes) -> str:
+    """SHA-256 of a certificate's DER (given as DER or PEM), as ``AA:BB:...``."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        body = data.decode("ascii", "replace").split("-----")[2]
+        data = base64.b64decode("".join(body.split()), validate=True)
+    if not data:
+        raise ValueError("empty certificate")
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(data).digest())
 
 
 def package_name(conf: str) -> str | None:
@@ -253,6 +283,7 @@ class PackageRun:
             item.update(self.kernel_failures.get(k, {}))
             per_kernel[k] = item
         planned_removals = [s.version for s in self.planned(RemoveVersion) if not s.rebuild]
+        rebuilds = [s.reason for s in self.planned(RemoveVersion) if s.rebuild]
         out = {
             "name": self.name,
             "version": self.version,
@@ -266,6 +297,7 @@ class PackageRun:
             "actions": self.visible() if check_mode else list(self.done),
             "files_changed": self.files_changed,
             "removed_versions": planned_removals if check_mode else self.removed_versions,
+            "rebuilt_because": rebuilds[0] if rebuilds else None,
             "notes": self.notes,
             "failed": self.failed,
             "timing": self.timing,
@@ -400,12 +432,13 @@ class Executor:
             self.dkms_tree, name, version, kernel, arch or self.arch, "log", DIGEST_FILE
         )
 
-    def recorded_digest(self, path: str) -> str | None:
+    def recorded_digest(self, path: str) -> tuple[str | None, str | None]:
+        """``(source digest, signing key fingerprint)`` recorded beside a build."""
         try:
             with open(path) as handle:
-                return handle.read().strip() or None
+                return parse_record(handle.read())
         except OSError:
-            return None
+            return None, None
 
     def owned_folders(self, name: str) -> frozenset[str]:
         """Versions of ``name`` with a source folder, registered or not (failed builds).
@@ -441,16 +474,17 @@ class Executor:
             return Sources(folders=folders, paths=paths)
         run = self.runs[p.name]
         run.files_changed, run.file_diffs = self.compare_files(p)
-        recorded = {}
+        recorded, signing = {}, {}
         for k in self.kernels:
             entry = entry_for(entries, p.name, p.version, k)
             if entry is not None:
                 path = self.digest_path(p.name, p.version, k, entry["arch"])
-                recorded[k] = self.recorded_digest(path)
+                recorded[k], signing[k] = self.recorded_digest(path)
         return Sources(
             changed=tuple(run.files_changed),
             digest=source_digest(p.source_path),
             recorded=recorded,
+            recorded_signing=signing,
             folders=folders,
             paths=paths,
         )
@@ -467,9 +501,35 @@ class Executor:
             headers=headers,
             source_root=self.source_root,
             arch=self.arch,
+            signing_key=self.signing_fingerprint(),
         )
 
     # -- signing key (only what concerns build concurrency) --------------------------------
+
+    def framework_setting(self, name: str) -> str | None:
+        """The last value framework.conf and framework.conf.d/*.conf give ``name``."""
+        value = None
+        for path in self.framework_files():
+            try:
+                with open(path) as handle:
+                    for line in handle:
+                        m = _FRAMEWORK_SETTING.match(line)
+                        if m and m.group(1) == name:
+                            value = m.group(2)
+            except OSError:
+                continue
+        return value
+
+    def framework_files(self) -> list[str]:
+        files: list[str] = []
+        for conf in self.paths.framework_confs:
+            if os.path.isdir(conf):
+                files += sorted(
+                    os.path.join(conf, n) for n in os.listdir(conf) if n.endswith(".conf")
+                )
+            elif os.path.isfile(conf):
+                files.append(conf)
+        return files
 
     def signing_key(self) -> tuple[str, str]:
         """``(key, certificate)`` as dkms 3.0 picks them for signing."""
@@ -501,6 +561,15 @@ class Executor:
             else:
                 key = os.path.join(self.dkms_tree, "mok.key")
         return key, cert or os.path.join(self.dkms_tree, "mok.pub")
+
+    def signing_fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the certificate dkms signs with (None: not there yet)."""
+        _key, cert = self.signing_key()
+        try:
+            with open(cert, "rb") as handle:
+                return certificate_fingerprint(handle.read())
+        except (OSError, ValueError):
+            return None
 
     def is_ubuntu(self) -> bool:
         try:
@@ -611,11 +680,100 @@ class Executor:
             elif isinstance(step, RecordDigest):
                 ok = True
                 self.write_digest(run, step.kernel)
+            elif isinstance(step, Resign):
+                ok = self.resign(run, step)
             else:
                 continue
             if not ok:
                 return
         run.prepared = True
+
+    def resign(self, run: PackageRun, step: Resign) -> bool:
+        """Sign the built modules of ``step.kernel`` again with the key dkms signs with now
+        (its old signature stripped first, as sign-file would otherwise sign over it), and
+        put them where the installed copies are; nothing is compiled, no depmod is needed
+        (same files, same symbols)."""
+        key, cert = self.signing_key()
+        sign_file = self.sign_file(step.kernel)
+        if sign_file is None:
+            run.fail("re-sign", f"no sign-file for {step.kernel} (install its headers)")
+            return False
+        base = os.path.join(self.dkms_tree, run.name, run.version, step.kernel, self.arch)
+        built_dir = os.path.join(base, "module")
+        installed = os.path.islink(
+            os.path.join(self.dkms_tree, run.name, f"kernel-{step.kernel}-{self.arch}")
+        )
+        conf = os.path.join(self.dkms_tree, run.name, run.version, "source", "dkms.conf")
+        wanted = conf_modules(conf) or [
+            (f[: -len(".ko")], f[: -len(".ko")], DEFAULT_DEST)
+            for f in sorted(os.listdir(built_dir))
+            if f.endswith(".ko")
+        ]
+        for built_name, dest_name, where in wanted:
+            path = os.path.join(built_dir, built_name + ".ko")
+            if not os.path.isfile(path):
+                run.fail(
+                    "re-sign",
+                    f"{path} is not there (a compressed module cannot be signed again in "
+                    f"place): remove {run.name} {run.version} from dkms to have it rebuilt",
+                )
+                return False
+            with open(path, "rb") as handle:
+                data = handle.read()
+            try:
+                sig = read_signature(data)
+            except SignatureError:
+                sig = None
+            content = data[: sig.content_length] if sig else data
+            work = path + ".kmodlab-sign"
+            with open(work, "wb") as handle:
+                handle.write(content)
+            rc, out, err = self.module.run_command(
+                [sign_file, self.sig_hash(step.kernel), key, cert, work],
+                environ_update=C_LOCALE,
+            )
+            if rc != 0:
+                os.unlink(work)
+                run.fail("re-sign", f"sign-file failed for {path}", rc=rc, stdout=out, stderr=err)
+                return False
+            os.replace(work, path)
+            if installed:
+                dest = os.path.join(
+                    self.paths.lib_modules, step.kernel, where.strip("/"), dest_name + ".ko"
+                )
+                if os.path.isfile(dest):
+                    with open(path, "rb") as handle:
+                        write_atomic(self.module, dest, handle.read(), 0o644)
+        run.record(step)
+        self.write_digest(run, step.kernel)
+        return True
+
+    def sign_file(self, kernel: str) -> str | None:
+        """The sign-file program dkms 3.0 uses for ``kernel`` (framework.conf's sign_file,
+        else Debian's linux-kbuild copy, else the headers')."""
+        configured = self.framework_setting("sign_file")
+        candidates = [configured] if configured else []
+        candidates += [  # 6.1.0-28-amd64: linux-kbuild-6.1, as dkms's ${kernelver%.*}
+            f"/usr/lib/linux-kbuild-{kernel.rsplit('.', 1)[0]}/scripts/sign-file",
+            f"/usr/src/linux-headers-{kernel}/scripts/sign-file",
+            os.path.join(self.paths.lib_modules, kernel, "build/scripts/sign-file"),
+        ]
+        return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+    def sig_hash(self, kernel: str) -> str:
+        """CONFIG_MODULE_SIG_HASH of ``kernel`` (what dkms signs with), sha512 when unknown."""
+        for config in (
+            os.path.join(self.paths.lib_modules, kernel, "build/.config"),
+            os.path.join(self.paths.boot, f"config-{kernel}"),
+        ):
+            try:
+                with open(config) as handle:
+                    for line in handle:
+                        if line.startswith("CONFIG_MODULE_SIG_HASH="):
+                            return line.split("=", 1)[1].strip().strip('"')
+            except OSError:
+                continue
+        return "sha512"
 
     def build(self, run: PackageRun, step: Build) -> tuple[PackageRun, Build]:
         """Build one package for one kernel; runs in a worker thread."""
@@ -675,9 +833,12 @@ class Executor:
         path = self.digest_path(run.name, run.version, kernel, None)
         if digest is None or not os.path.isdir(os.path.dirname(path)):
             return
+        signing = self.signing_fingerprint()
         try:
             with open(path, "w") as handle:
                 handle.write(digest + "\n")
+                if signing:
+                    handle.write(f"{SIGNING_LINE}{signing}\n")
         except OSError as exc:
             self.warn(f"could not record the source digest in {path}: {exc}")
 

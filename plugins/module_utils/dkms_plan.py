@@ -96,6 +96,8 @@ class Sources:
     digest: str | None = None
     # Digest recorded beside the wanted version's build, per kernel (None: none recorded).
     recorded: Mapping[str, str | None] = field(default_factory=dict)
+    # Fingerprint of the certificate the build was signed with, recorded beside it.
+    recorded_signing: Mapping[str, str | None] = field(default_factory=dict)
     # Versions with a source folder of this package (its dkms.conf names it).
     folders: frozenset[str] = frozenset()
     # Versions whose SOURCE_ROOT/NAME-VERSION exists at all (folder, file or link).
@@ -111,6 +113,8 @@ class Snapshot:
     headers: frozenset[str] = frozenset()  # kernels whose headers (/lib/modules/K/build) exist
     source_root: str = "/usr/src"
     arch: str = "x86_64"
+    # SHA-256 fingerprint of the certificate dkms signs with now (None: no key yet).
+    signing_key: str | None = None
 
     def of(self, name: str) -> Sources:
         return self.sources.get(name) or Sources()
@@ -186,6 +190,14 @@ class Install(KernelStep):
     verb = "install"
     # Another version is registered: our list decides, also on a downgrade.
     force_version: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resign(KernelStep):
+    """Sign the built (and installed) modules again, with the key dkms signs with now: the
+    sources did not change, only the key did, so nothing is compiled."""
+
+    verb = "re-sign"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -387,6 +399,25 @@ def _rebuild_reason(
     return None
 
 
+def _resign_reason(p: Package, snap: Snapshot, kernel: str) -> str | None:
+    """Why a build whose sources did not change must be signed again: dkms now signs with
+    another certificate than the one recorded beside it (a new key re-signs every
+    module; the same key, nothing)."""
+    src = snap.of(p.name)
+    signed = src.recorded_signing.get(kernel)
+    if src.recorded.get(kernel) is None or snap.signing_key is None:
+        return None
+    if signed == snap.signing_key:
+        return None
+    was = f"the key {short_fingerprint(signed)}" if signed else "a key it did not record"
+    return f"it was signed with {was}; dkms now signs with {short_fingerprint(snap.signing_key)}"
+
+
+def short_fingerprint(fingerprint: str | None) -> str:
+    """The first 8 bytes of a ``AA:BB:...`` fingerprint, enough to tell keys apart."""
+    return ":".join((fingerprint or "").split(":")[:8]) + ("..." if fingerprint else "")
+
+
 def _present(
     p: Package,
     snap: Snapshot,
@@ -445,6 +476,10 @@ def _present(
     for k in kernels:
         kw = {"package": p.name, "version": p.version, "kernel": k}
         found = entry_for(snap.entries, p.name, p.version, k)
+        if status[k] in ("built", "installed") and k not in adopt:
+            resign = _resign_reason(p, snap, k)
+            if resign is not None:
+                out.append(Resign(**kw, reason=resign))
         if status[k] in (None, "added"):
             out.append(Build(**kw, reason=why.get(k) or f"not built for {k}"))
             out.append(Install(**kw, force_version=force, reason="built now"))

@@ -215,6 +215,14 @@ def reload_reasons(
                     f"installed {installed[key]})"
                 )
             break
+    # The same build signed again (a new signing key): the code is identical, so neither
+    # srcversion nor build ID tells, but the kernel checked the old signature at load.
+    if _usable_record(recorded) and recorded.get("sig_key") and installed.get("sig_key"):
+        if recorded["sig_key"] != installed["sig_key"]:
+            reasons.append(
+                f"the installed module is signed with key {installed['sig_key']}, it was "
+                f"loaded when signed with key {recorded['sig_key']}"
+            )
     for problem in dev_node_problems(record, state.get("dev_nodes") or {}, proc_devices):
         reasons.append(problem[1])
     return reasons

@@ -11,7 +11,8 @@ build concurrency described there, reports) and ``dkms_tree.py`` (reads dkms's t
 Installing and pruning are two calls (O(stage)), so that a health gate can sit between
 them: the install leaves the previous version registered and built, a rollback target.
 
-Signing: this module makes no key. When the key dkms itself generates on its first build
+Signing: this module makes no key; it re-signs in place when the certificate dkms signs
+with changes. When the key dkms itself generates on its first build
 (``/var/lib/dkms/mok.key``, or the ``mok_signing_key`` of framework.conf) is missing, the
 first build runs alone, so that dkms creates it once; the other builds follow together.
 """
@@ -42,6 +43,11 @@ description:
     that build (a digest of the source folder is recorded beside each build), when dkms
     reports a built module missing, or when its source folder is gone; an installed module
     that dkms reports as different from its build is reinstalled.
+  - The fingerprint of the certificate dkms signs with (C(mok_certificate) of
+    C(framework.conf) and C(framework.conf.d/*.conf)) is recorded beside each build too.
+    When it changes (a new project key), every built module is signed again in place with
+    the kernel's C(sign-file) and the new key (old signature stripped), built and installed
+    copies alike: nothing is compiled and no C(depmod) runs. The same key changes nothing.
   - When another version of the same package is registered, the wanted version is installed
     with C(--force-version-override) (so a downgrade is honoured) and checked in the DKMS tree
     and C(/lib/modules). The other versions stay registered (built, no longer installed) with
@@ -349,6 +355,13 @@ packages:
       description: Versions removed from DKMS (absent packages, prune).
       type: list
       elements: str
+      returned: always
+    rebuilt_because:
+      description:
+        - Why the wanted version, already built, was built again (its sources changed, a
+          dependency was rebuilt, the signing certificate dkms uses changed); null when it
+          was not.
+      type: str
       returned: always
     notes:
       description:

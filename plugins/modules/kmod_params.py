@@ -28,6 +28,9 @@ description:
     are reloaded with it.
   - Reports fixed major numbers that another driver holds in C(/proc/devices), and
     unloads that cannot happen because the module is in use.
+  - With O(signing), checks the installed file of every module to load or reload as the
+    kernel would (signer, key id, the RSA signature over the module's content) and
+    reports the files it would refuse, before anything is unloaded.
   - With O(kernel_log_since), also returns the kernel's messages about each module
     since that point, the lines among them that explain a refused load (without call
     traces and register dumps), the parameters the kernel refused or ignored, and the
@@ -65,6 +68,13 @@ options:
         When set, each module gets RV(modules[].kernel_log), RV(modules[].param_errors)
         and RV(modules[].messages_missing) for the messages since then.
     type: int
+  signing:
+    description:
+      - The certificate every module to load must be signed with, as
+        M(kmodlab.lab.signing_key) returns it; the keys used are C(der_b64) (the DER
+        certificate, base64), C(signer), C(sig_key) and C(fingerprint) (for messages).
+      - Null, no signature check.
+    type: dict
   root:
     description:
       - Directory under which C(/sys), C(/proc), C(/dev/kmsg) and C(/etc) are read.
@@ -171,7 +181,9 @@ modules:
       description: "Paths whose content differs from the wanted one."
       type: list
     installed:
-      description: "srcversion and version of the installed module file."
+      description: The installed module file (filename), its srcversion, version, name
+        and GNU build ID, and the signer and key identifier (sig_key, C(1A:2B:...)) of
+        its signature (null when unsigned).
       type: dict
     kernel_log:
       description: Kernel messages naming the module since O(kernel_log_since) (last 20).
@@ -211,6 +223,14 @@ conflicts:
   returned: always
   type: list
   elements: str
+refused:
+  description:
+    - Modules to load or reload whose installed file is not validly signed by the
+      O(signing) certificate, as messages naming the module, the file, what was found
+      and what was expected.
+  returned: always
+  type: list
+  elements: str
 kernel_log_cursor:
   description: Sequence number of the newest /dev/kmsg record, or null when unreadable.
   returned: always
@@ -229,6 +249,7 @@ kernel_release:
   type: str
 """
 
+import base64
 import json
 import os
 import platform
@@ -250,6 +271,11 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.kmod import (
     module_state,
     plan,
     previous_params,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.modinfo import first, parse, signature
+from ansible_collections.kmodlab.lab.plugins.module_utils.modsig import (
+    problem_for_file,
+    public_numbers_from_der,
 )
 from ansible_collections.kmodlab.lab.plugins.module_utils.nodes import (
     dev_node_problems,
@@ -274,6 +300,7 @@ ARGUMENT_SPEC = dict(
     modules=dict(type="list", elements="dict", required=True),
     fact_path=dict(type="path", default="/etc/ansible/facts.d/kmodlab_kmod_load.fact"),
     kernel_log_since=dict(type="int"),
+    signing=dict(type="dict"),
     root=dict(type="path", default="/"),
 )
 
@@ -281,10 +308,12 @@ KERNEL_LOG_LINES = 20
 
 
 def _installed(module: AnsibleModule, root: str, kmods: list[str]) -> dict[str, dict[str, Any]]:
-    """srcversion and version of the module files modprobe would load, by kmod name.
+    """srcversion, version, build ID, signer and sig_key of the module files modprobe would
+    load, by kmod name.
 
-    One modinfo call for all modules; its output is split at each "filename:" line.
-    A module modinfo cannot find is left out (nothing to compare it with).
+    One modinfo call for all modules; its output is split at each "filename:" line
+    (module_utils/modinfo.py). A module modinfo cannot find is left out (nothing to
+    compare it with).
     """
     if not kmods:
         return {}
@@ -296,23 +325,60 @@ def _installed(module: AnsibleModule, root: str, kmods: list[str]) -> dict[str, 
         cmd += ["-b", root]
     out = module.run_command(cmd + sorted(kmods))[1]
     found = {}
-    info = None
-    for line in out.splitlines():
-        key, sep, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if not sep:
+    for fields in parse(out):
+        filename = first(fields, "filename")
+        if filename is None:
             continue
-        if key == "filename":
-            base = os.path.basename(value)
-            kmod = base.split(".ko", 1)[0].replace("-", "_")
-            info = found.setdefault(kmod, {"filename": value})
-        elif info is not None and key in ("srcversion", "version", "name"):
-            info[key] = value
+        kmod = os.path.basename(filename).split(".ko", 1)[0].replace("-", "_")
+        info = found.setdefault(kmod, {"filename": filename})
+        for key in ("srcversion", "version", "name"):
+            if fields.get(key):
+                info[key] = fields[key][-1]
+        sig = signature(fields)
+        info["signer"], info["sig_key"] = sig["signer"], sig["sig_key"]
     out = {}
     for kmod_name, entry in found.items():
         entry["build_id"] = build_id(host_path(root, entry["filename"])).get("build_id")
         out[entry.get("name", kmod_name).replace("-", "_")] = entry
     return {k: v for k, v in out.items() if k in kmods}
+
+
+def _refused(
+    module: AnsibleModule,
+    root: str,
+    records: list[dict[str, Any]],
+    load: list[str],
+    installed: dict[str, dict[str, Any]],
+    signing: dict[str, Any] | None,
+) -> list[str]:
+    """Modules to load whose installed file the kernel would refuse: not signed, signed
+    by another key, or altered after signing (checked as the kernel does, with modsig)."""
+    if not signing or not load:
+        return []
+    try:
+        n, e, serial = public_numbers_from_der(base64.b64decode(signing["der_b64"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        module.fail_json(msg=f"signing: no usable certificate in der_b64 ({exc})")
+    by_name = {rec["name"]: rec for rec in records}
+    missing = [by_name[n]["kmod"] for n in load if n not in installed]
+    files = _installed(module, root, missing)
+    expected = (
+        f"expected a signature by {signing.get('signer')} (key id {signing.get('sig_key')}, "
+        f"SHA-256 {signing.get('fingerprint')})"
+    )
+    out = []
+    for name in load:
+        info = installed.get(name) or files.get(by_name[name]["kmod"])
+        if not info:
+            continue  # modprobe says it is not installed; the load itself reports it
+        problem = problem_for_file(host_path(root, info["filename"]), n, e, serial)
+        if problem:
+            out.append(
+                f"{name}: the kernel would refuse {info['filename']} under Secure Boot: "
+                f"{problem}; {expected}. Nothing was unloaded: {name} stays as it runs. "
+                "Rebuild it (dkms) or put back a file signed with the project key."
+            )
+    return out
 
 
 def _runner(module: AnsibleModule) -> Callable[[list[str]], tuple[int, str, str]]:
@@ -423,6 +489,7 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         for name, entry in files.items()
     }
     decision = plan(records, states, recorded_all, options_changed, installed, proc_devices)
+    refused = _refused(module, root, records, decision["load"], installed, params.get("signing"))
 
     seqs = [record[0] for record in log if record[0] is not None]
     cursor = seqs[-1] if seqs else None
@@ -512,6 +579,7 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         "unload": decision["unload"],
         "blocked": decision["blocked"],
         "conflicts": decision["conflicts"],
+        "refused": refused,
         "kernel_log_cursor": cursor,
         "kernel_log_source": source,
         "fact": fact,

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kmodlab import keys
+from kmodlab.keycli import key_app
 from kmodlab.lab import image as image_mod
 from kmodlab.lab import inventory as inventory_mod
 from kmodlab.lab import paths
@@ -26,6 +28,7 @@ image_app = typer.Typer(no_args_is_help=True, help="Build and list guest images.
 vm_app = typer.Typer(no_args_is_help=True, help="Lab VMs: QEMU guests running Debian's kernel.")
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
+app.add_typer(key_app, name="key")
 
 console = Console(stderr=True)
 out = Console()
@@ -118,6 +121,18 @@ def vm_up(
         list[Path] | None,
         typer.Option("--enroll-key", help="DER/PEM certificate to add to MokList (repeatable)"),
     ] = None,
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            help="project signing key (kmodlab key) enrolled in new Secure Boot VMs; "
+            "created when missing",
+        ),
+    ] = keys.DEFAULT_NAME,
+    no_project_key: Annotated[
+        bool,
+        typer.Option("--no-project-key", help="do not enrol the project key (Secure Boot VMs)"),
+    ] = False,
     memory: Annotated[int, typer.Option("--memory", min=512, help="MiB")] = 2048,
     cpus: Annotated[int, typer.Option("--cpus", min=1, max=16)] = 2,
     lab_dir: LabOpt = None,
@@ -129,6 +144,16 @@ def vm_up(
         raise LabError(f"unknown profile {profile!r}: choose one of {choices}")
     if not names:
         names = vms_mod.next_names(set(lab.load()), count)
+    project_key = None
+    if secure_boot and not no_project_key:
+        pair, created = keys.create(key)
+        project_key = pair.cert.der_path
+        console.print(
+            f"project key {key}{' (created)' if created else ''}: SHA-256 "
+            f"{pair.cert.fingerprint}, enrolled as a MOK in new Secure Boot VMs",
+            highlight=False,
+            emoji=False,
+        )
     req = vms_mod.UpRequest(
         names=names,
         profile=profile,
@@ -136,6 +161,7 @@ def vm_up(
         memory=memory,
         cpus=cpus,
         enroll_keys=list(enroll_key or []),
+        project_key=project_key,
     )
     vms_mod.up(lab, req, progress=_progress(time.monotonic()))
     path = inventory_mod.write(lab)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ from dkms_tree import DkmsTree
 
 REPO = Path(__file__).resolve().parents[2]
 kmodlab_dkms = importlib.import_module("ansible_collections.kmodlab.lab.plugins.modules.dkms")
+modsig = importlib.import_module("ansible_collections.kmodlab.lab.plugins.module_utils.modsig")
+dkms_exec = importlib.import_module(
+    "ansible_collections.kmodlab.lab.plugins.module_utils.dkms_exec"
+)
 dkms_tree_reader = importlib.import_module(
     "ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree"
 )
@@ -161,6 +166,11 @@ class FakeDkms:
                         )
 
     def __call__(self, module, argv, **kwargs):
+        if argv[0] not in (DKMS, DEPMOD):
+            # a real program the module runs itself (sign-file): not dkms's business
+            self.calls.append(list(argv))
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            return proc.returncode, proc.stdout, proc.stderr
         result = self.dispatch(module, argv, **kwargs)
         with self.lock:
             if argv[0] == DKMS and argv[1] == "build":
@@ -387,7 +397,10 @@ def test_new_package_is_written_added_built_installed(dkms):
     assert dkms.depmods() == [[DEPMOD, "-a", K]]
     assert res["depmod"] == [K]
     digest = dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256"
-    assert len(digest.read_text().strip()) == 64
+    # the source digest, then the certificate dkms signed with (its fingerprint)
+    lines = digest.read_text().splitlines()
+    assert len(lines[0]) == 64
+    assert lines[1] == "signing-key " + dkms_exec.certificate_fingerprint(b"cert")
     fact = json.loads((dkms.root / "facts.d/dkms.fact").read_text())
     assert fact == {
         "hello": {
@@ -457,7 +470,10 @@ def test_added_only_is_built_and_installed(dkms):
 def test_built_only_is_installed(dkms):
     dkms.register("hello", "1.0", state="built")
     (dkms.tree / "hello/1.0" / K / ARCH / "log/kmodlab-source.sha256").write_text(
-        dkms_tree_reader.source_digest(str(dkms.src / "hello-1.0")) + "\n"
+        dkms_tree_reader.source_digest(str(dkms.src / "hello-1.0"))
+        + "\nsigning-key "
+        + dkms_exec.certificate_fingerprint(b"cert")
+        + "\n"
     )
     res = run(dkms, [pkg("hello", "1.0")])
     assert by_name(res)["hello"]["actions"] == ["install"]
@@ -959,6 +975,46 @@ def test_the_key_framework_conf_names_is_the_one_looked_for(dkms, tmp_path):
     dkms.build_delay, dkms.together = 10, 3
     res = run(dkms, [pkg(f"n{i}", "1.0") for i in range(3)], jobs=3)
     assert res["failed_packages"] == [] and dkms.max_running == 3
+
+
+def test_a_new_signing_certificate_re_signs_every_module_the_same_one_nothing(dkms, tmp_path):
+    """The signing stage points dkms at the project key through a framework.conf.d
+    drop-in: every module built with another key is signed again in place, with the
+    kernel's sign-file (no compile, no depmod); the same key changes nothing."""
+    from kmodlab import keys
+
+    sign_file = "/usr/lib/linux-kbuild-6.1/scripts/sign-file"
+    assert os.access(sign_file, os.X_OK), (
+        "needs linux-kbuild-6.1 (apt-get install linux-kbuild-6.1)"
+    )
+    run(dkms, [pkg("m0", "1.0"), pkg("m1", "1.0")])
+    body = {
+        n: (dkms.tree / n / "1.0" / K / ARCH / "module" / f"{n}.ko").read_bytes()
+        for n in ("m0", "m1")
+    }
+    assert run(dkms, [pkg("m0", "1.0"), pkg("m1", "1.0")])["changed"] is False
+    project, _created = keys.create("project", bits=2048, root=tmp_path / "keys")
+    dropin = tmp_path / "etc/dkms/framework.conf.d/kmodlab.conf"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text(
+        f"mok_signing_key={project.key_path}\nmok_certificate={project.cert.der_path}\n"
+        f"sign_file={sign_file}\n"
+    )
+    dkms.calls.clear()
+    res = run(dkms, [pkg("m0", "1.0"), pkg("m1", "1.0")])
+    assert res["changed"] is True and res["depmod"] == []
+    assert by_name(res)["m0"]["actions"] == ["re-sign"]
+    assert dkms.commands() == []  # not one dkms call
+    assert [a[0] for a in dkms.calls] == [sign_file] * 2
+    n, e, serial = modsig.public_numbers_from_der(project.cert.der_path.read_bytes())
+    for name in ("m0", "m1"):
+        built = dkms.tree / name / "1.0" / K / ARCH / "module" / f"{name}.ko"
+        copy = dkms.lib / K / "updates/dkms" / f"{name}.ko"
+        assert built.read_bytes() == copy.read_bytes()
+        assert modsig.verify(built.read_bytes(), n, e, serial) is None
+        assert built.read_bytes()[: len(body[name])] == body[name]
+    dkms.calls.clear()
+    assert run(dkms, [pkg("m0", "1.0"), pkg("m1", "1.0")])["changed"] is False
 
 
 def test_ubuntu_keys_are_left_to_dkms_and_the_first_build_runs_alone(dkms, tmp_path):

@@ -414,3 +414,58 @@ def test_the_planner_reads_nothing_and_imports_only_the_standard_library():
             continue
         for name in names:
             assert name in allowed or name.endswith("module_utils.dkms_tree"), name
+
+
+FP_OLD = ":".join(["AA"] * 32)
+FP_NEW = ":".join(["BB"] * 32)
+
+
+def signed_snap(recorded_signing, signing_key):
+    src = Sources(digest=DIGEST, recorded={K: DIGEST}, recorded_signing={K: recorded_signing})
+    return Snapshot(
+        entries=[entry("hello", "1.0", K, "installed")],
+        sources={"hello": src},
+        headers=frozenset({K}),
+        signing_key=signing_key,
+    )
+
+
+def test_a_new_signing_key_re_signs_without_compiling():
+    steps = plan([package()], signed_snap(FP_OLD, FP_NEW), [K])
+    assert kinds(steps) == ["Resign"]  # no build, no install, no depmod
+    assert "AA:AA:AA" in steps[0].reason and "BB:BB:BB" in steps[0].reason
+    assert labels(steps) == ["re-sign"]
+
+
+def test_the_same_signing_key_rebuilds_nothing():
+    assert plan([package()], signed_snap(FP_NEW, FP_NEW), [K]) == []
+
+
+def test_a_build_without_a_recorded_key_is_signed_again():
+    (step,) = plan([package()], signed_snap(None, FP_NEW), [K])
+    assert type(step).__name__ == "Resign" and "a key it did not record" in step.reason
+
+
+def test_no_signing_key_yet_decides_nothing():
+    assert plan([package()], signed_snap(FP_OLD, None), [K]) == []
+
+
+def test_record_files_and_certificate_fingerprints():
+    exec_mod = importlib.import_module(
+        "ansible_collections.kmodlab.lab.plugins.module_utils.dkms_exec"
+    )
+    assert exec_mod.parse_record(f"{DIGEST}\n") == (DIGEST, None)
+    assert exec_mod.parse_record(f"{DIGEST}\nsigning-key {FP_NEW}\n") == (DIGEST, FP_NEW)
+    assert exec_mod.parse_record("") == (None, None)
+    der = bytes(range(40))
+    import base64
+    import hashlib
+
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+    want = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    assert exec_mod.certificate_fingerprint(der) == want
+    assert exec_mod.certificate_fingerprint(pem) == want
+    with pytest.raises(ValueError):
+        exec_mod.certificate_fingerprint(b"")

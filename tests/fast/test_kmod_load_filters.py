@@ -138,3 +138,15 @@ def test_config_files_in_other_folders():
     found = kmod_config.wanted_files(rec, "/tmp/m", "/tmp/l")
     assert found["/tmp/m/base.conf"].splitlines()[1] == "options base level=3"
     assert found["/tmp/l/base.conf"].splitlines()[1] == "base"
+
+
+def test_fact_records_the_key_the_loaded_file_was_signed_with():
+    recs = resolve(MODULES, [{"name": "base"}, {"name": "hello-5", "state": "config"}])
+    before = [{"name": "base", "installed": {"sig_key": "AA:01"}}]
+    after = [{"name": "base", "installed": {"sig_key": "BB:02"}}]
+    fact = filters.kmod_load_fact(recs, {}, None, [before, after])
+    assert fact["modules"]["base"]["sig_key"] == "BB:02"
+    assert "sig_key" not in fact["modules"]["hello-5"]
+    # not probed this run: the recorded key stays
+    kept = filters.kmod_load_fact(recs, {}, fact, [[], None])
+    assert kept["modules"]["base"]["sig_key"] == "BB:02"

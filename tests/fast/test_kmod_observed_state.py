@@ -487,3 +487,18 @@ def test_hidden_mismatch_after_loading_is_a_problem():
         "hello-5: parameter myshort is '1' after loading by the module's message "
         "'hello_5: myshort=1', wanted '7'"
     ]
+
+
+def test_a_module_signed_again_is_reloaded_so_the_kernel_checks_the_new_signature():
+    base = recs({"name": "base", "params": {"slots": [5, 6], "flags": [False]}})["base"]
+    live = {"level": "1", "slots": "5,6,-1,-1", "flags": "N,Y,N"}
+    recorded = {"state": "present", "params": base["params"], "sig_key": "AA:01"}
+    same = {"build_id": "b1", "sig_key": "AA:01"}
+    assert k.reload_reasons(base, loaded_state(live), recorded, installed=same) == []
+    resigned = {"build_id": "b1", "sig_key": "BB:02"}
+    assert k.reload_reasons(base, loaded_state(live), recorded, installed=resigned) == [
+        "the installed module is signed with key BB:02, it was loaded when signed with key AA:01"
+    ]
+    # nothing recorded (loaded by an older kmodlab, or by hand): no guess
+    unrecorded = {"state": "present", "params": base["params"]}
+    assert k.reload_reasons(base, loaded_state(live), unrecorded, installed=resigned) == []

@@ -317,6 +317,31 @@ def test_one_modinfo_call_for_all_loaded_modules(host: Path):
     assert out["modules"][0]["installed"]["filename"].endswith("base.ko.xz")
 
 
+def test_installed_signer_and_key_of_each_module_file(host: Path):
+    """The load stage reloads a module whose file was signed again: the probe shows
+    each installed file's signer and key id (module_utils/modinfo.py), None unsigned."""
+    (host / "sys/module/hello_5/srcversion").write_text("BBB\n")
+    write(host, "/sys/module/base/initstate", "live\n")
+    write(host, "/sys/module/base/refcnt", "0\n")
+    write(host, "/sys/module/base/srcversion", "CCC\n")
+    modinfo = (
+        "filename:       /lib/modules/k/updates/dkms/base.ko.xz\nsrcversion:     CCC\n"
+        "filename:       /lib/modules/k/updates/dkms/hello-5.ko\nsrcversion:     BBB\n"
+        "sig_id:         PKCS#7\nsigner:         kmodlab module signing\n"
+        "sig_key:        6c:ce:ce:7e:4c:6c:0d:1f:61:49:\n\t\tf3:dd:27:df:cc:5c:bb:41:9e:a1\n"
+        "sig_hashalgo:   sha256\nsignature:      30:45:02:20:\n\t\t1B:2C\n"
+    )
+    recs = records({"name": "hello-5"}, {"name": "base"})
+    out = probe.run(FakeModule({"modules": recs, "root": str(host)}, modinfo=modinfo))
+    installed = {m["name"]: m["installed"] for m in out["modules"]}
+    assert installed["hello-5"]["signer"] == "kmodlab module signing"
+    assert installed["hello-5"]["sig_key"] == (
+        "6C:CE:CE:7E:4C:6C:0D:1F:61:49:F3:DD:27:DF:CC:5C:BB:41:9E:A1"
+    )
+    assert installed["hello-5"]["srcversion"] == "BBB"
+    assert installed["base"]["signer"] is None and installed["base"]["sig_key"] is None
+
+
 def test_hidden_parameter_from_the_module_message(host: Path):
     # someone reloaded hello_5 with myshort=3; the fact still says 7
     with open(host / "dev/kmsg", "a") as handle:
@@ -380,3 +405,85 @@ def test_kernel_explain_drops_the_stack_dump(host: Path):
         "memory: cannot register major 60: error -16 (in use? see /proc/devices)"
     ]
     assert " memory_start+0x7a/0x1000 [memory]" in m["kernel_log"]
+
+
+def _sign(body: bytes, key_path: Path, cert_der: bytes) -> bytes:
+    """body signed as the kernel's sign-file does (detached PKCS#7, no attributes)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    cert = x509.load_der_x509_certificate(cert_der)
+    options = [
+        pkcs7.PKCS7Options.DetachedSignature,
+        pkcs7.PKCS7Options.NoCerts,
+        pkcs7.PKCS7Options.Binary,
+        pkcs7.PKCS7Options.NoAttributes,
+    ]
+    der = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(body)
+        .add_signer(cert, key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, options)
+    )
+    trailer = struct.pack(">BBBBB3sI", 0, 0, 2, 0, 0, b"\0\0\0", len(der))
+    return body + der + trailer + b"~Module signature appended~\n"
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory):
+    from kmodlab import keys
+
+    root = tmp_path_factory.mktemp("keys")
+    project, _created = keys.create("project", bits=2048, root=root)
+    other, _created = keys.create("other", bits=2048, root=root)
+    return project, other
+
+
+@pytest.mark.parametrize("damage", [None, "another key", "altered", "unsigned"])
+def test_a_module_to_load_that_the_kernel_would_refuse_is_named_first(
+    host: Path, signing_keys, damage
+):
+    import base64
+
+    project, other = signing_keys
+    body = b"\x7fELF" + bytes(range(256)) * 40
+    signer = other if damage == "another key" else project
+    data = _sign(body, signer.key_path, signer.cert.der_path.read_bytes())
+    if damage == "altered":
+        data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+    elif damage == "unsigned":
+        data = body
+    path = host / "lib/modules/k/updates/dkms/base.ko"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    signing = {
+        "der_b64": base64.b64encode(project.cert.der_path.read_bytes()).decode(),
+        "signer": project.cert.common_name,
+        "sig_key": project.cert.sig_key,
+        "fingerprint": project.cert.fingerprint,
+    }
+    modinfo = "filename:       /lib/modules/k/updates/dkms/base.ko\nname:           base\n"
+    recs = records({"name": "base"})
+    out = probe.run(
+        FakeModule({"modules": recs, "root": str(host), "signing": signing}, modinfo=modinfo)
+    )
+    assert out["load"] == ["base"]
+    if damage is None:
+        assert out["refused"] == []
+        return
+    (message,) = out["refused"]
+    assert message.startswith("base: the kernel would refuse /lib/modules/k/updates/dkms/base.ko")
+    assert project.cert.fingerprint in message and "Nothing was unloaded" in message
+    want = {
+        "another key": f"signed by another key (signer {other.cert.common_name}",
+        "altered": "does not match the module's content",
+        "unsigned": "not signed",
+    }[damage]
+    assert want in message, message
+    # without the option, no check at all
+    assert (
+        probe.run(FakeModule({"modules": recs, "root": str(host)}, modinfo=modinfo))["refused"]
+        == []
+    )

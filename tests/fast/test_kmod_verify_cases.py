@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,57 @@ def test_malformed_expectation_files(tmp_path: Path, data, words):
 def test_expectation_round_trip(exp_dir: Path):
     exp = load_expectation(exp_dir, "lab1")
     assert exp.kernel == KERNEL and exp.modules[0]["name"] == "base"
+    assert exp.signing is None
+    signing = {"signer": "kmodlab", "sig_key": "1A:2B", "fingerprint": "ab", "trusted": True}
+    write_expectation(exp_dir, "lab2", KERNEL, [], signing)
+    assert load_expectation(exp_dir, "lab2").signing == signing
+    # written by the role without the field: no signing expectations
+    data = json.loads((exp_dir / "lab1.json").read_text())
+    del data["signing"]
+    (exp_dir / "lab1.json").write_text(json.dumps(data))
+    assert load_expectation(exp_dir, "lab1").signing is None
+
+
+SIGNING = {"signer": "kmodlab", "sig_key": "1A:2B", "fingerprint": "ab", "trusted": True}
+
+
+@pytest.mark.parametrize(
+    ("signing", "words"),
+    [
+        ("kmodlab", "field signing: expected null or a mapping with signer, sig_key"),
+        ({**SIGNING, "trusted": "yes"}, "field signing: trusted (bool) missing or of the wrong"),
+        ({**SIGNING, "signer": " "}, "field signing: signer (str) missing"),
+        ({k: v for k, v in SIGNING.items() if k != "sig_key"}, "sig_key (str) missing"),
+        ({**SIGNING, "key": "x"}, "field signing: unknown keys key"),
+    ],
+)
+def test_malformed_signing(tmp_path: Path, signing, words):
+    write_expectation(tmp_path, "lab1", KERNEL, [], signing)
+    with pytest.raises(ExpectationError, match=re.escape(words)):
+        load_expectation(tmp_path, "lab1")
+
+
+def test_signing_checks_apply_to_present_modules_of_hosts_with_signing(tmp_path: Path):
+    recs = resolve(MODULES, SELECTION)
+    write_expectation(tmp_path, "lab1", KERNEL, recs, SIGNING)
+    write_expectation(tmp_path, "lab2", KERNEL, recs, {**SIGNING, "trusted": False})
+    write_expectation(tmp_path, "lab3", KERNEL, recs)
+    cases = build_cases([("lab1", None), ("lab2", None), ("lab3", None)], tmp_path)
+    applied = {
+        name: sorted(c.id for c in cases if suite._applies(func.kmodlab_check, c))
+        for name, func in (
+            ("test_signature", suite.test_signature),
+            ("test_taint", suite.test_taint),
+        )
+    }
+    present = ["gadget", "hello-5", "memory"]
+    assert applied["test_signature"] == [f"{h}/{m}" for h in ("lab1", "lab2") for m in present]
+    # the kernel trusts the certificate only on lab1: taint E means something there
+    assert applied["test_taint"] == [f"lab1/{m}" for m in present]
+    for case in cases:
+        if case.kind == "module":
+            for test in ("test_signature", "test_taint"):
+                assert suite._wanted(test, case) == (case.id in applied[test]), (test, case.id)
 
 
 def test_directory_resolution(monkeypatch, tmp_path: Path):

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.kmodlab.lab.plugins.module_utils import dkms_tree, kmod_config, params
+from ansible_collections.kmodlab.lab.plugins.module_utils import (
+    dkms_tree,
+    kmod_config,
+    modinfo,
+    params,
+)
 
 from kmodlab.selection import resolve
 from kmodlab.verify import checks
@@ -680,3 +685,207 @@ def test_persistence_accepts_exactly_what_kmod_load_writes():
                 extra = copy.deepcopy(data)
                 extra["stat"][path] = f(0o644)
                 assert problems(extra, name, checks.persistence), (name, path)
+
+
+# ------------------------------------------------------------------ modinfo: the one parser
+
+SIG_KEY = "6C:CE:CE:7E:4C:6C:0D:1F:61:49:F3:DD:27:DF:CC:5C:BB:41:9E:A1"
+SIGNED = (
+    "sig_id:         PKCS#7\n"
+    "signer:         kmodlab module signing\n"
+    "sig_key:        6C:CE:CE:7E:4C:6C:0D:1F:61:49:\n"
+    "\t\tF3:DD:27:DF:CC:5C:BB:41:9E:A1\n"
+    "sig_hashalgo:   sha256\n"
+    "signature:      30:45:02:20:1B:2C:\n"
+    "\t\t3D:4E:00:11\n"
+)
+SIGNING = {
+    "signer": "kmodlab module signing",
+    "sig_key": SIG_KEY,
+    "fingerprint": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "trusted": True,
+}
+
+
+def test_modinfo_parse_blocks_and_continuation_lines():
+    text = (
+        "filename:       /lib/modules/k/updates/dkms/base.ko.xz\nalias:          a1\n"
+        "alias:          a2\nparm:           level:the level (int)\n"
+        + "filename:       /lib/modules/k/updates/dkms/hello-5.ko\n"
+        + SIGNED
+        + "not a field\n\n"
+    )
+    base, hello = modinfo.parse(text)
+    assert base == {
+        "filename": ["/lib/modules/k/updates/dkms/base.ko.xz"],
+        "alias": ["a1", "a2"],
+        "parm": ["level:the level (int)"],
+    }
+    # wrapped hex dumps are appended to their value without the whitespace
+    assert hello["sig_key"] == [SIG_KEY]
+    assert hello["signature"] == ["30:45:02:20:1B:2C:3D:4E:00:11"]
+    assert modinfo.signature(hello) == {
+        "signer": "kmodlab module signing",
+        "sig_key": SIG_KEY,
+        "sig_hashalgo": "sha256",
+        "sig_id": "PKCS#7",
+    }
+    assert modinfo.signature(base) == dict.fromkeys(modinfo.SIGNATURE_FIELDS)
+    # lines before any filename (a fragment) make a module of their own
+    assert modinfo.parse("license: GPL\n") == [{"license": ["GPL"]}]
+    assert modinfo.parse("") == modinfo.parse(None) == []
+
+
+def test_modinfo_key_ids_are_normalised():
+    assert modinfo.normal_key(" 1a:2b:\n\t3c ") == "1A:2B:3C"
+    assert modinfo.normal_key("1a2b3c") == "1A:2B:3C"
+    assert modinfo.normal_key("") is None and modinfo.normal_key(None) is None
+
+
+def test_modinfo_fields_joins_every_module_of_the_output():
+    data = healthy()
+    info = data["commands"]["modinfo:hello-5"]
+    info["stdout"] += "filename:       /lib/modules/x/other.ko\nlicense:        MIT\n"
+    fields = checks.modinfo_fields(Observation(data), recs()["hello-5"])
+    assert fields["license"] == ["GPL", "MIT"]
+    assert fields["filename"][0] == f"/lib/modules/{KERNEL}/updates/dkms/hello-5.ko"
+
+
+# ------------------------------------------------------------------ signing
+
+
+def signed_host() -> dict[str, Any]:
+    """The healthy host with hello-5 signed as SIGNING says, loaded without taint E."""
+    data = healthy()
+    data["commands"]["modinfo:hello-5"]["stdout"] += SIGNED
+    data["read"]["/sys/module/hello_5/taint"] = {"ok": True, "text": "O\n"}
+    data["secure_boot"] = {
+        "efi": True,
+        "secure_boot": True,
+        "setup_mode": False,
+        "lockdown": "integrity",
+    }
+    return data
+
+
+def signature(change=None, signing=None) -> list[str]:
+    data = signed_host()
+    if change is not None:
+        change(data)
+    return checks.signature(recs()["hello-5"], Observation(data), KERNEL, signing or SIGNING)
+
+
+def set_modinfo(old, new):
+    def change(d):
+        info = d["commands"]["modinfo:hello-5"]
+        info["stdout"] = info["stdout"].replace(old, new)
+
+    return change
+
+
+def test_signature_passes_with_the_expected_signer_and_key():
+    assert signature() == []
+    # the expected key id as a bare lower-case hex string matches too
+    bare = {**SIGNING, "sig_key": SIG_KEY.replace(":", "").lower()}
+    assert signature(signing=bare) == []
+
+
+EXPECTED = (
+    f"expected a signature by 'kmodlab module signing' with key id {SIG_KEY} "
+    f"(certificate SHA-256 {SIGNING['fingerprint']})"
+)
+FILE = f"module hello_5 (/lib/modules/{KERNEL}/updates/dkms/hello-5.ko)"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (set_modinfo(SIGNED, ""), f"{FILE} is unsigned, {EXPECTED}"),
+        (
+            set_modinfo("signer:         kmodlab module signing", "signer:         DKMS module"),
+            f"{FILE} is signed by 'DKMS module' with key id {SIG_KEY}, {EXPECTED}",
+        ),
+        (
+            set_modinfo("6C:CE:CE:7E", "AA:BB:CC:DD"),
+            f"{FILE} is signed by 'kmodlab module signing' with key id "
+            f"AA:BB:CC:DD:4C:6C:0D:1F:61:49:F3:DD:27:DF:CC:5C:BB:41:9E:A1, {EXPECTED}",
+        ),
+        (
+            set_modinfo("sig_id:         PKCS#7\n", ""),
+            f"{FILE} has an incomplete signature (sig_id none, signer kmodlab module signing, "
+            f"key id {SIG_KEY}; a PKCS#7 one with both is needed), {EXPECTED}",
+        ),
+        (
+            set_modinfo("signer:         kmodlab module signing\n", "signer:\n"),
+            f"{FILE} has an incomplete signature (sig_id PKCS#7, signer none, key id {SIG_KEY}; "
+            f"a PKCS#7 one with both is needed), {EXPECTED}",
+        ),
+        (
+            lambda d: d["commands"]["modinfo:hello-5"].update(
+                rc=1, stdout="", stderr="modinfo: ERROR: Module hello_5 not found.\n"
+            ),
+            f"modinfo -k {KERNEL} hello_5 failed: modinfo: ERROR: Module hello_5 not found.",
+        ),
+    ],
+    ids=["unsigned", "other-signer", "other-key", "no-sig-id", "no-signer", "modinfo-failed"],
+)
+def test_signature_failures_name_found_and_expected(change, message):
+    assert signature(change) == [message]
+
+
+def taint(change=None) -> list[str]:
+    data = signed_host()
+    if change is not None:
+        change(data)
+    return checks.taint(recs()["hello-5"], Observation(data), KERNEL, SIGNING)
+
+
+def test_taint_without_e_passes():
+    assert taint() == []
+    assert taint(set_read("/sys/module/hello_5/taint", "\n")) == []
+
+
+def test_taint_failures():
+    (problem,) = taint(set_read("/sys/module/hello_5/taint", "OE\n"))
+    assert problem.startswith(
+        "module hello_5 carries taint E: the kernel could not verify its signature (taint OE;"
+    )
+    assert SIGNING["fingerprint"] in problem
+    (problem,) = taint(lambda d: d["read"].pop("/sys/module/hello_5/taint"))
+    assert problem.startswith("/sys/module/hello_5/taint: cannot read")
+    (problem,) = taint(set_stat("/sys/module/hello_5/initstate", NONE))
+    assert problem == "hello_5 is not loaded, so this cannot be checked"
+
+
+def host_problems(change=None, **signing) -> list[str]:
+    """checks.host on the signed host, with SIGNING or ``signing=`` instead."""
+    data = signed_host()
+    if change is not None:
+        change(data)
+    return checks.host(KERNEL, Observation(data), signing.get("signing", SIGNING))
+
+
+def test_host_with_signing_needs_a_readable_secure_boot_state_when_trusted():
+    assert host_problems() == []
+    unreadable = {"efi": True, "secure_boot": None, "setup_mode": None, "lockdown": None}
+    (problem,) = host_problems(lambda d: d.update(secure_boot=unreadable))
+    assert problem == (
+        f"the kernel should trust the signing certificate (SHA-256 {SIGNING['fingerprint']}), "
+        "but the Secure Boot state of this EFI host cannot be read (/sys/firmware/efi/efivars/"
+        "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c is missing or unreadable: is "
+        "efivarfs mounted?)"
+    )
+    (problem,) = host_problems(lambda d: d.pop("secure_boot"))
+    assert problem.endswith("but the Secure Boot state cannot be read: not observed")
+    # not trusted, no signing, or no UEFI: only reported, never a problem
+    assert (
+        host_problems(
+            lambda d: d.update(secure_boot=unreadable), signing={**SIGNING, "trusted": False}
+        )
+        == []
+    )
+    assert host_problems(lambda d: d.update(secure_boot=unreadable), signing=None) == []
+    no_efi = {"efi": False, "secure_boot": False, "setup_mode": None, "lockdown": "none"}
+    assert host_problems(lambda d: d.update(secure_boot=no_efi)) == []
+    sb_off = {"efi": True, "secure_boot": False, "setup_mode": False, "lockdown": "none"}
+    assert host_problems(lambda d: d.update(secure_boot=sb_off)) == []

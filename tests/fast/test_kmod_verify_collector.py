@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 from ansible_collections.kmodlab.lab.plugins.module_utils import buildid as kmodlab_buildid
-from ansible_collections.kmodlab.lab.plugins.module_utils import files
+from ansible_collections.kmodlab.lab.plugins.module_utils import files, secure_boot
 from kmod_fixtures import MODULES, SELECTION
 
 from kmodlab.selection import resolve
@@ -115,6 +115,10 @@ def test_the_request_per_state(tmp_path: Path):
     # absent: DKMS's folder, the sources and the installed files must be gone
     assert {"/var/lib/dkms/user", "/usr/src/user-2.0.1", f"{dkms}/user.ko"} <= set(request["stat"])
     assert "/var/lib/dkms/base" not in request["stat"]
+    # present: the taint flags of the loaded module; every host: its Secure Boot state
+    assert "/sys/module/hello_5/taint" in request["read"]
+    assert not any(p.endswith("/taint") and "/base" in p for p in request["read"])
+    assert request["secure_boot"] is True
 
 
 def run_collector(request: dict, cwd: Path, tmpdir: Path | None = None) -> dict:
@@ -147,9 +151,9 @@ def test_the_collector_zip_imports_the_module_utils():
     names = zipfile.ZipFile(io.BytesIO(observe.collector_zip())).namelist()
     package = "ansible_collections/kmodlab/lab/plugins/module_utils"
     assert names[0] == "__main__.py"
-    assert {f"{package}/{m}.py" for m in ("buildid", "dkms_tree", "files", "kernel_log")} <= set(
-        names
-    )
+    assert {
+        f"{package}/{m}.py" for m in ("buildid", "dkms_tree", "files", "kernel_log", "secure_boot")
+    } <= set(names)
     # params comes along because kernel_log imports it (found as AnsiballZ finds them)
     assert f"{package}/params.py" in names and f"{package}/__init__.py" in names
     assert f"{package}/kmod.py" not in names
@@ -168,6 +172,7 @@ def test_the_collector_observes_with_the_shared_readers(tmp_path: Path):
         "read": [str(tmp_path / "f"), str(tmp_path / "gone")],
         "list": [str(tmp_path)],
         "kernel_log": True,
+        "secure_boot": True,
     }
     private = tmp_path / "tmp"
     private.mkdir()
@@ -184,6 +189,11 @@ def test_the_collector_observes_with_the_shared_readers(tmp_path: Path):
     assert out["read"][str(tmp_path / "gone")]["ok"] is False
     assert out["list"][str(tmp_path)] == ["f", "l", "tmp"]
     assert out["kernel_log"]["source"] in ("kmsg", "dmesg", "journalctl", "none")
+    # this machine's Secure Boot state, read by module_utils/secure_boot.py from the zip
+    assert out["secure_boot"] == {
+        **secure_boot.secure_boot("/"),
+        "lockdown": secure_boot.lockdown("/"),
+    }
     # the bootstrap leaves no temporary zip behind
     assert os.listdir(private) == []
 

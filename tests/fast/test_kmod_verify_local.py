@@ -56,6 +56,7 @@ def test_everything_fails_where_nothing_is_loaded(tmp_path: Path):
     assert stages["user"] == {
         "built": "n/a",
         "installed": "pass",  # nothing of it in DKMS here
+        "signed": "n/a",  # no signing expectations
         "loaded": "pass",
         "params": "n/a",
         "verified": "pass",

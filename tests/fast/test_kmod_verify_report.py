@@ -57,6 +57,7 @@ def test_stages_and_summary():
     assert hello5["stages"] == {
         "built": "pass",
         "installed": "pass",
+        "signed": "n/a",  # no signing expectations
         "loaded": "pass",
         "params": "fail",  # a failure wins over a pass of the same stage
         "verified": "pass",  # a pass wins over a skip
@@ -64,6 +65,7 @@ def test_stages_and_summary():
     assert hello1["stages"] == {
         "built": "n/a",
         "installed": "n/a",
+        "signed": "n/a",
         "loaded": "pass",
         "params": "n/a",
         "verified": "n/a",
@@ -99,14 +101,18 @@ def test_written_json_and_text(tmp_path: Path):
         "present",
         "ok",
         "ok",
+        "-",  # signed: no signing expectations
         "ok",
         "FAIL",
         "ok",
     ]
     absent = next(ln for ln in lines if "| hello-1" in ln)
-    assert [c.strip() for c in absent.strip("|").split("|")][4:] == ["-", "-", "ok", "-", "-"]
+    assert [c.strip() for c in absent.strip("|").split("|")][4:] == ["-", "-", "-", "ok", "-", "-"]
     host_row = next(ln for ln in lines if "| lab2" in ln)
-    assert host_row.count("FAIL") == 5 and "(host)" in host_row
+    assert host_row.count("FAIL") == 6 and "(host)" in host_row
+    assert "Signing:" not in lines
+    assert data["hosts"][0]["secure_boot"] is None and data["hosts"][0]["lockdown"] is None
+    assert data["hosts"][0]["modules"][0]["signature"] is None
     assert "lab1/hello-5 [params] test_params: myint is '5', wanted '42'" in lines
     assert all(ln == ln.rstrip() for ln in lines)
 
@@ -199,10 +205,108 @@ def test_unobservable_is_its_own_outcome_in_stages_and_table(tmp_path: Path):
     lines = text.splitlines()
     assert lines[0] == "kmodlab verify: 2 passed, 0 failed, 0 skipped, 1 not observable"
     row = next(ln for ln in lines if "| hello-5" in ln)
-    assert [c.strip() for c in row.strip("|").split("|")][4:] == ["-", "-", "-", "not obs", "ok"]
+    assert [c.strip() for c in row.strip("|").split("|")][4:] == [
+        "-",
+        "-",
+        "-",
+        "-",
+        "not obs",
+        "ok",
+    ]
     assert lines[-2:] == [
         "Not observable:",
         "lab1/hello-5 [params] test_params: myshort (perm 0000) cannot be read back",
     ]
     rep.add_result(r, meta("test_params", "params"), "fail", "worse")
     assert r["hosts"][0]["modules"][0]["stages"]["params"] == "fail"
+
+
+SIGNING = {
+    "signer": "kmodlab module signing",
+    "sig_key": "1A:2B:3C",
+    "fingerprint": "ab12",
+    "trusted": True,
+}
+SECURE_BOOT = {"efi": True, "secure_boot": True, "setup_mode": False}
+
+
+def signed_report() -> dict:
+    """lab1 with signing expectations: hello-5 signed right, gadget by another key."""
+    r = rep.new_report()
+    host_facts = {"secure_boot": SECURE_BOOT, "lockdown": "integrity", "signing": SIGNING}
+    rep.add_result(r, meta("test_host", "host", module=None), "pass", None, host_facts)
+    found = {
+        "signer": "kmodlab module signing",
+        "sig_key": "1A:2B:3C",
+        "sig_hashalgo": "sha256",
+        "sig_id": "PKCS#7",
+    }
+    rep.add_result(r, meta("test_signature", "signed"), "pass", None, {"signature": found})
+    rep.add_result(r, meta("test_taint", "signed"), "pass", None)
+    rep.add_result(r, meta("test_loaded", "loaded"), "pass", None)
+    wrong = {**found, "sig_key": "FF:EE"}
+    why = (
+        "lab1/gadget test_signature:\n  - module gadget (/lib/x/gadget.ko) is signed by "
+        "'kmodlab module signing' with key id FF:EE, expected a signature by ..."
+    )
+    gadget = meta("test_signature", "signed", module="gadget")
+    rep.add_result(r, gadget, "fail", why, {"signature": wrong, "secure_boot": "ignored"})
+    # a fact a test did not record is left alone; an unknown one is ignored
+    rep.add_result(r, meta("test_loaded", "loaded", module="gadget"), "pass", None, {"x": 1})
+    return rep.finish(r, 1)
+
+
+def test_signing_facts_and_the_signed_column(tmp_path: Path):
+    r = signed_report()
+    (lab1,) = r["hosts"]
+    assert lab1["secure_boot"] == SECURE_BOOT and lab1["lockdown"] == "integrity"
+    assert lab1["signing"] == SIGNING
+    hello5, gadget = lab1["modules"]
+    assert hello5["signature"]["sig_key"] == "1A:2B:3C" and hello5["stages"]["signed"] == "pass"
+    assert gadget["signature"]["sig_key"] == "FF:EE" and gadget["stages"]["signed"] == "fail"
+    assert "secure_boot" not in gadget and "x" not in gadget
+    assert r["summary"]["lines"] == [
+        "lab1/gadget [signed] test_signature: module gadget (/lib/x/gadget.ko) is signed by "
+        "'kmodlab module signing' with key id FF:EE, expected a signature by ..."
+    ]
+    path = rep.write(r, tmp_path)
+    data = json.loads(path.read_text())
+    assert data["hosts"][0]["modules"][1]["signature"] == gadget["signature"]
+    lines = (tmp_path / "report.txt").read_text().splitlines()
+    header = next(ln for ln in lines if "| host" in ln)
+    assert [c.strip() for c in header.strip("|").split("|")][4:] == [
+        "built",
+        "installed",
+        "signed",
+        "loaded",
+        "params",
+        "verified",
+    ]
+    cells = {
+        name: [c.strip() for c in next(ln for ln in lines if f"| {name}" in ln).split("|")]
+        for name in ("hello-5", "gadget")
+    }
+    assert cells["hello-5"][7] == "ok" and cells["gadget"][7] == "FAIL"
+    at = lines.index("Signing:")
+    assert lines[at + 1] == (
+        "lab1: Secure Boot on, lockdown integrity; modules signed by 'kmodlab module "
+        "signing' (key id 1A:2B:3C, certificate SHA-256 ab12, trusted by the kernel)"
+    )
+    assert lines.index("Failures:") > at
+
+
+def test_signing_lines_say_what_the_host_shows():
+    r = signed_report()
+    host = r["hosts"][0]
+    host.update(secure_boot={"efi": False, "secure_boot": False, "setup_mode": None}, lockdown=None)
+    host["signing"] = {**SIGNING, "trusted": False}
+    assert rep.signing_lines(r) == [
+        "lab1: no UEFI, so no Secure Boot, no lockdown file; modules signed by 'kmodlab "
+        "module signing' (key id 1A:2B:3C, certificate SHA-256 ab12, not trusted by the kernel)"
+    ]
+    host["secure_boot"] = {"efi": True, "secure_boot": None, "setup_mode": True}
+    assert rep.signing_lines(r)[0].startswith("lab1: Secure Boot unknown (setup mode), no lock")
+    host["secure_boot"] = None  # test_host could not observe the host
+    assert rep.signing_lines(r)[0].startswith("lab1: Secure Boot state not observed")
+    host["signing"] = None
+    assert rep.signing_lines(r) == []

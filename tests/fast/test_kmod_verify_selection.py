@@ -65,15 +65,37 @@ def test_expected_checks_from_the_manifest():
         "test_functional[a read returns the greeting]",
         "test_functional[a write is refused with EINVAL]",
     ]
+    # with signing expectations, present modules get their signature checked, and
+    # their taint when the host's kernel trusts the certificate
+    for name, rec in recs.items():
+        signed = suite.expected_checks(rec, {**SIGNING, "trusted": False})
+        trusted = suite.expected_checks(rec, SIGNING)
+        if rec["state"] == "present":
+            assert set(signed) - set(expected[name]) == {"test_signature"}
+            assert set(trusted) - set(expected[name]) == {"test_signature", "test_taint"}
+        else:
+            assert signed == trusted == expected[name]
     # every test of the suite is called for by some state
     tests = {n for n in suite.__all__ if n.startswith("test_")}
     called = {t.split("[")[0] for names in expected.values() for t in names} | {"test_host"}
-    assert called == tests
+    assert called | {"test_signature", "test_taint"} == tests
 
 
-def run_suite(tmp: Path, body: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+SIGNING = {
+    "signer": "kmodlab module signing",
+    "sig_key": "6C:CE:CE:7E:4C:6C:0D:1F:61:49:F3:DD:27:DF:CC:5C:BB:41:9E:A1",
+    "fingerprint": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "trusted": True,
+}
+
+
+def run_suite(
+    tmp: Path, body: str, *args: str, signing: dict | None = None
+) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the suite from a test module that first runs ``body``; return the report."""
-    write_expectation(tmp / "exp", "local", os.uname().release, resolve(MODULES, SELECTION))
+    write_expectation(
+        tmp / "exp", "local", os.uname().release, resolve(MODULES, SELECTION), signing
+    )
     (tmp / "test_suite.py").write_text(
         "from kmodlab.verify import checks, suite\n"
         "from kmodlab.verify.suite import *  # noqa: F403\n"
@@ -159,6 +181,33 @@ def test_the_unbroken_suite_runs_exactly_the_expected_checks(tmp_path: Path):
         ran = sorted(f"{c['test']}[{c['name']}]" if c["name"] else c["test"] for c in mod["checks"])
         assert ran == sorted(suite.expected_checks(recs[mod["name"]])), mod["name"]
         assert not any("selection rule" in (c["message"] or "") for c in mod["checks"])
+
+
+def test_the_suite_with_signing_runs_and_reports_the_signing_checks(tmp_path: Path):
+    proc, report = run_suite(tmp_path, "", signing=SIGNING)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    recs = {r["name"]: r for r in resolve(MODULES, SELECTION)}
+    (host,) = report["hosts"]
+    # what test_host saw of this machine, and what the modules must be signed with
+    assert set(host["secure_boot"]) == {"efi", "secure_boot", "setup_mode"}
+    assert host["lockdown"] in (None, "none", "integrity", "confidentiality")
+    assert host["signing"] == SIGNING
+    for mod in host["modules"]:
+        ran = sorted(f"{c['test']}[{c['name']}]" if c["name"] else c["test"] for c in mod["checks"])
+        assert ran == sorted(suite.expected_checks(recs[mod["name"]], SIGNING)), mod["name"]
+        if recs[mod["name"]]["state"] != "present":
+            assert mod["stages"]["signed"] == "n/a" and mod["signature"] is None
+            continue
+        # nothing is installed or loaded here: both signing checks fail, saying why
+        assert mod["stages"]["signed"] == "fail", mod["name"]
+        assert mod["signature"] is None  # modinfo found no file to show a signature of
+        checks = {c["kind"]: c for c in mod["checks"]}
+        kmod = recs[mod["name"]]["kmod"]
+        assert f"modinfo -k {os.uname().release} {kmod} failed" in checks["signature"]["message"]
+        assert f"{kmod} is not loaded, so this cannot be checked" in checks["taint"]["message"]
+    text = (tmp_path / "report" / "report.txt").read_text()
+    assert "Signing:" in text.splitlines()
+    assert "local/hello-5 [signed] test_signature: modinfo -k" in text
 
 
 NOT_OBSERVABLE = """

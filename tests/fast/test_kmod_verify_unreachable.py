@@ -126,10 +126,10 @@ def test_unreachable_in_the_table(tmp_path: Path):
     lines = render_text(rep.write(unreachable_report(), tmp_path)).splitlines()
     assert lines[0] == "kmodlab verify: 2 passed, 0 failed, 0 skipped, 4 unreachable"
     gone = next(ln for ln in lines if "| gone" in ln)
-    assert gone.count("UNREACH") == 5 and "(host)" in gone and " ok " not in gone
+    assert gone.count("UNREACH") == 6 and "(host)" in gone and " ok " not in gone
     lab2 = next(ln for ln in lines if "| lab2" in ln and "hello-5" in ln)
     cells = [c.strip() for c in lab2.strip("|").split("|")][4:]
-    assert cells == ["UNREACH", "-", "UNREACH", "-", "-"]
+    assert cells == ["UNREACH", "-", "-", "UNREACH", "-", "-"]
     assert (
         "Failures:" in lines
         and f"lab2: unreachable: lab2 cannot be reached over SSH ({REFUSED})" in lines

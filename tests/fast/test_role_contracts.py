@@ -10,6 +10,7 @@ as soon as it exists.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,37 @@ def test_program_logic_lives_in_plugins_not_in_jinja(role):
         text = path.read_text()
         assert "namespace(" not in text, f"{path.relative_to(REPO)}: a Jinja accumulator loop"
         assert "{%- for" not in text and "{% for" not in text, f"{path.relative_to(REPO)}: a loop"
+
+
+# What a private key or a MOK password goes by in the roles (the password file's path is
+# not secret: messages show it).
+SECRET = re.compile(r"private_key|mok_password(?!_file)|signing\.key|__module_signing_key_file")
+
+
+def _tasks(node):
+    """Every task mapping of a task file, blocks included."""
+    for task in node or []:
+        if not isinstance(task, dict):
+            continue
+        yield task
+        for key in ("block", "rescue", "always"):
+            yield from _tasks(task.get(key))
+
+
+def test_every_task_that_handles_key_material_has_no_log():
+    """A private key or a MOK password passing through a task (its arguments, or what it
+    registers) must never show in output: such a task needs no_log: true. Checked on
+    every role's task files, so a new task cannot forget it."""
+    offenders, seen = [], 0
+    for path in sorted(ROLES_DIR.glob("*/tasks/*.yml")):
+        for task in _tasks(yaml.safe_load(path.read_text())):
+            body = {k: v for k, v in task.items() if k not in ("name", "when", "tags", "block")}
+            if "block" in task:
+                continue
+            text = yaml.safe_dump(body)
+            if SECRET.search(text):
+                seen += 1
+                if task.get("no_log") is not True:
+                    offenders.append(f"{path.relative_to(REPO)}: {task.get('name')}")
+    assert seen >= 4, "the key and password tasks were not found: update SECRET"
+    assert not offenders, f"tasks with key material and without no_log: true: {offenders}"

@@ -1,8 +1,8 @@
 """VM tier: real Debian 12 guests under QEMU, booted once per session and shared.
 
 Two VMs at most at a time on a 2-core machine: ``plain`` (lab profile, plain UEFI) and
-``sb`` (bare profile, Secure Boot with a throwaway MOK enrolled through the variable
-store). Both boot in parallel. Run with ``pytest -m vm``; needs root (image build).
+``sb`` (bare profile, Secure Boot with the tier's project key enrolled through the
+variable store). Both boot in parallel. Run with ``pytest -m vm``; needs root (image build).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, playbook
 
+from kmodlab import keys
 from kmodlab.lab import image, inventory, vms
 from kmodlab.lab.paths import lab_dir
 
@@ -42,50 +43,38 @@ def images() -> dict[str, image.Image]:
 
 
 @pytest.fixture(scope="session")
-def mok_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway signing certificate (DER) and key, made for this session only."""
-    d = tmp_path_factory.mktemp("mok")
-    key, cert = d / "test.key", d / "test.der"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-outform",
-            "DER",
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kmodlab throwaway test key/",
-            "-addext",
-            "extendedKeyUsage=codeSigning",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+def project_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[keys.KeyPair]:
+    """The tier's own project signing key store (never the user's): every kmodlab and
+    Ansible run of the tier inherits KMODLAB_KEY_DIR. The Secure Boot VM boots with the
+    key enrolled, as `kmodlab vm up --secure-boot` does."""
+    store = tmp_path_factory.mktemp("keys")
+    store.chmod(0o700)
+    saved = os.environ.get("KMODLAB_KEY_DIR")
+    os.environ["KMODLAB_KEY_DIR"] = str(store)
+    pair, _created = keys.create(keys.DEFAULT_NAME)
+    try:
+        yield pair
+    finally:
+        if saved is None:
+            os.environ.pop("KMODLAB_KEY_DIR", None)
+        else:
+            os.environ["KMODLAB_KEY_DIR"] = saved
 
 
 @pytest.fixture(scope="session")
 def guests(
-    test_lab: vms.Lab, images: dict[str, image.Image], mok_cert: tuple[Path, Path]
+    test_lab: vms.Lab, images: dict[str, image.Image], project_key: keys.KeyPair
 ) -> Iterator[dict[str, Guest]]:
     """Boot the plain and the Secure Boot VM at once; destroy them at the end."""
-    cert, _key = mok_cert
     existing = test_lab.load()
     stale = [n for n in (PLAIN, SB) if n in existing]
     if stale:
         vms.destroy(test_lab, stale, progress=print)
     requests = [
         vms.UpRequest(names=[PLAIN], profile="lab"),
-        vms.UpRequest(names=[SB], profile="bare", secure_boot=True, enroll_keys=[cert]),
+        vms.UpRequest(
+            names=[SB], profile="bare", secure_boot=True, project_key=project_key.cert.der_path
+        ),
     ]
     errors: list[BaseException] = []
 

@@ -7,10 +7,10 @@ must match one rule of ``RULES``; a command no rule knows fails the test, so a c
 added to the README is either proven here or given a rule saying who proves it:
 
 - run as written: ``kmodlab ssh`` (through ``.venv/bin/kmodlab`` on the tier's lab; its
-  stdout must be the README's output) and ``openssl`` (in a scratch folder, the session's
-  working directory);
+  stdout must be the README's output);
 - done by the tier's fixtures, which this test requests: ``image build`` (``images``),
-  ``vm up`` (``guests``; checked: the same profile, Secure Boot and an enrolled key),
+  ``vm up`` (``guests``; checked: the same profile, Secure Boot and, with it, the
+  project key enrolled),
   ``ansible-playbook lab.yml`` (``converged``: molecule default converges t-plain with
   lab.yml; checked: lab1 is the only VM the session runs at that point);
 - ``vm down``: ``test_zz_down.py``, last in the tier; it must end the session.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 from vmhelpers import PLAIN, ROOT, SB, VENV, Guest, kmodlab
 
+from kmodlab import keys
 from kmodlab.lab import image
 
 README = ROOT / "README.md"
@@ -72,7 +72,8 @@ def rename(text: str) -> str:
 @dataclass
 class Ctx:
     guests: dict[str, Guest]
-    workdir: Path  # the session's working directory (openssl's files)
+    workdir: Path  # the session's working directory
+    project_key: keys.KeyPair  # the tier's key store's project key
     done: list[Step] = field(default_factory=list)  # the steps before this one
 
     def guest(self, name: str) -> Guest:
@@ -93,7 +94,7 @@ def image_build(step: Step, ctx: Ctx) -> None:
 def vm_up(step: Step, ctx: Ctx) -> None:
     """The ``guests`` fixture booted the VM as the README asks (profile, Secure Boot, MOK)."""
     words = step.words[3:]
-    names, profile, secure_boot, keys = [], "lab", False, []
+    names, profile, secure_boot, keys, project = [], "lab", False, [], True
     while words:
         word = words.pop(0)
         if word == "--profile":
@@ -102,19 +103,21 @@ def vm_up(step: Step, ctx: Ctx) -> None:
             secure_boot = True
         elif word == "--enroll-key":
             keys.append(words.pop(0))
+        elif word == "--no-project-key":
+            project = False
         elif not word.startswith("-"):
             names.append(word)
         else:
             pytest.fail(f"{step}: this test does not know `vm up {word}`: add it to vm_up()")
     assert names, f"{step}: no VM name (the tier's VMs have names)"
-    for key in keys:
-        # The session made it before (openssl); the fixture enrolled its own throwaway.
-        assert (ctx.workdir / key).is_file(), f"{step}: no {key} made earlier in the session"
+    assert not keys, f"{step}: the tier enrols no certificate besides the project key"
     for name in names:
         vm = ctx.guest(name).vm
         assert vm.profile == profile, f"{step}: the tier's {vm.name} has profile {vm.profile}"
         assert vm.secure_boot == secure_boot, f"{step}: {vm.name} secure_boot={vm.secure_boot}"
-        assert bool(vm.enrolled_keys) == bool(keys), f"{step}: {vm.name} {vm.enrolled_keys}"
+        # --secure-boot enrols the project key (the tier's store) unless told not to
+        want = [str(ctx.project_key.cert.der_path)] if secure_boot and project else []
+        assert vm.enrolled_keys == want, f"{step}: {vm.name} {vm.enrolled_keys}"
 
 
 def ssh(step: Step, ctx: Ctx) -> None:
@@ -125,24 +128,6 @@ def ssh(step: Step, ctx: Ctx) -> None:
     assert proc.returncode == 0, f"{step}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
     expected = [rename(line) for line in step.output]
     assert proc.stdout.splitlines() == expected, f"{step}:\n{proc.stdout}{proc.stderr}"
-
-
-def openssl(step: Step, ctx: Ctx) -> None:
-    """Run as written in the session's folder; it must leave a code-signing DER cert."""
-    proc = subprocess.run(
-        step.words, cwd=ctx.workdir, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert proc.returncode == 0, f"{step}: exit {proc.returncode}\n{proc.stderr}"
-    assert step.output == [], f"{step}: the README shows output openssl req does not print"
-    der = ctx.workdir / step.words[step.words.index("-out") + 1]
-    show = subprocess.run(
-        ["openssl", "x509", "-inform", "DER", "-in", str(der), "-noout", "-text"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert show.returncode == 0, f"{step}: {der.name} is no DER certificate: {show.stderr}"
-    assert "Code Signing" in show.stdout, show.stdout
 
 
 def lab_yml(step: Step, ctx: Ctx) -> None:
@@ -164,7 +149,6 @@ RULES: list[Rule] = [
     (r"kmodlab image build --profile (lab|bare)", image_build),
     (r"kmodlab vm up .*", vm_up),
     (r"kmodlab ssh \S+ .+", ssh),
-    (r"openssl req .*", openssl),
     (r"ansible-playbook lab\.yml", lab_yml),
     (r"kmodlab vm down", vm_down),
 ]
@@ -190,8 +174,9 @@ def test_readme_session_works_as_written(
     converged: Guest,  # lab.yml's step: molecule default converged t-plain with it
     images: dict[str, image.Image],  # the image build steps
     tmp_path: Path,
+    project_key: keys.KeyPair,
 ) -> None:
-    ctx = Ctx(guests=guests, workdir=tmp_path)
+    ctx = Ctx(guests=guests, workdir=tmp_path, project_key=project_key)
     try:
         for step in STEPS:
             handler = rule_for(step)

@@ -40,15 +40,18 @@ def test_secure_boot_vm_is_locked_down(sb: Guest) -> None:
     assert "[integrity]" in lockdown or "[confidentiality]" in lockdown, lockdown
 
 
-def test_enrolled_key_is_a_mok_and_in_machine_keyring(sb: Guest) -> None:
-    assert "CN=kmodlab throwaway test key" in sb.run("mokutil --list-enrolled")
-    assert "kmodlab throwaway test key" in sb.run("sudo cat /proc/keys")
+def test_project_key_is_a_mok_and_in_machine_keyring(sb: Guest, project_key) -> None:
+    """`vm up --secure-boot` enrolled the project key offline (the variable store)."""
+    assert f"CN={project_key.cert.common_name}" in sb.run("mokutil --list-enrolled")
+    assert project_key.cert.keyring_description() in sb.run("sudo cat /proc/keys")
 
 
-def test_unsigned_module_rejected_and_signed_one_loads(plain: Guest, sb: Guest, mok_cert) -> None:
+def test_unsigned_module_rejected_and_signed_one_loads(
+    plain: Guest, sb: Guest, project_key
+) -> None:
     """Built on the plain VM (same kernel), refused unsigned under Secure Boot, loaded once
-    signed with the enrolled throwaway key."""
-    cert, key = mok_cert
+    signed with the enrolled project key."""
+    cert, key = project_key.cert.der_path, project_key.key_path
     plain.run("rm -rf /tmp/sbt && mkdir /tmp/sbt")
     plain.run("cat > /tmp/sbt/sbt.c", stdin=HELLO.encode())
     plain.run("echo 'obj-m := sbt.o' > /tmp/sbt/Kbuild")
@@ -59,7 +62,7 @@ def test_unsigned_module_rejected_and_signed_one_loads(plain: Guest, sb: Guest, 
     sb.run("cat > /tmp/sbt.ko", stdin=unsigned)
     out = sb.run("sudo insmod /tmp/sbt.ko", check=False)
     assert "rc=1" in out and "Key was rejected by service" in out, out
-    # Sign with the throwaway key (test-only material) and load.
+    # Sign with the tier's project key (test-only material) and load.
     plain.run("cat > /tmp/sbt/k.pem && chmod 600 /tmp/sbt/k.pem", stdin=key.read_bytes())
     plain.run("cat > /tmp/sbt/c.der", stdin=cert.read_bytes())
     plain.run(
@@ -82,7 +85,7 @@ def test_status_reports_both_vms(plain: Guest, sb: Guest) -> None:
     assert rows[PLAIN]["state"] == "running" and rows[SB]["state"] == "running"
     assert rows[PLAIN]["secure_boot"] == "SecureBoot disabled"
     assert rows[SB]["secure_boot"] == "SecureBoot enabled"
-    assert rows[SB]["enrolled_keys"] and rows[SB]["enrolled_keys"][0].endswith("test.der")
+    assert rows[SB]["enrolled_keys"] and rows[SB]["enrolled_keys"][0].endswith("signing.der")
     assert rows[PLAIN]["kernel"] == plain.vm.kernel
 
 

@@ -366,6 +366,9 @@ class UpRequest:
     memory: int = 2048
     cpus: int = 2
     enroll_keys: list[Path] = field(default_factory=list)
+    # The project signing certificate (DER), enrolled beside enroll_keys in new Secure
+    # Boot VMs; a VM that exists keeps its variable store.
+    project_key: Path | None = None
 
 
 def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
@@ -378,6 +381,8 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
     for cert in req.enroll_keys:
         if not cert.is_file():
             raise LabError(f"--enroll-key {cert}: no such file")
+    if req.project_key is not None and not req.project_key.is_file():
+        raise LabError(f"project key certificate {req.project_key}: no such file")
     if req.enroll_keys and not req.secure_boot:
         raise LabError("--enroll-key needs --secure-boot (MOKs are shim's, under Secure Boot)")
     require_tools(qemu.QEMU, "qemu-img", "ssh")
@@ -398,6 +403,7 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
         accel, why = qemu.choose_accel(next(iter(images.values())).vmlinuz, cache_dir())
         progress(f"acceleration: {accel} ({why})")
         taken = {v.ssh_port for v in vms.values()}
+        enrolled = [*req.enroll_keys, *([req.project_key] if req.project_key else [])]
         booting: list[Vm] = []
         for name in req.names:
             vm = vms.get(name)
@@ -423,13 +429,13 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
                     cpus=req.cpus,
                     secure_boot=req.secure_boot,
                     accel=accel,
-                    enrolled_keys=[str(p.resolve()) for p in req.enroll_keys],
+                    enrolled_keys=[str(p.resolve()) for p in enrolled],
                 )
                 rd = vm.run_dir(lab)
                 rd.mkdir(parents=True, exist_ok=True)
                 (rd / "console.log").unlink(missing_ok=True)
                 qemu.create_overlay(img.path, rd / "disk.qcow2")
-                qemu.create_vars(req.secure_boot, rd / "OVMF_VARS.fd", req.enroll_keys)
+                qemu.create_vars(req.secure_boot, rd / "OVMF_VARS.fd", enrolled)
                 vms[name] = vm
             _start(vm, lab)
             progress(f"{name}: QEMU pid {vm.pid}, ssh on 127.0.0.1:{vm.ssh_port}")
@@ -496,6 +502,20 @@ def destroy(lab: Lab, names: list[str], progress: Progress = print) -> None:
             shutil.rmtree(vm.run_dir(lab), ignore_errors=True)
             del vms[vm.name]
             progress(f"{vm.name}: destroyed")
+
+
+def start_stopped(lab: Lab, name: str) -> Vm:
+    """Start the stopped VM ``name`` again on its disk and UEFI variable store, recorded
+    as running, and return at once: for a caller that watches the boot on the serial
+    console (MokManager) and then waits for SSH itself."""
+    with lab.locked() as vms:
+        vm = select(lab, vms, [name])[0]
+        if process_alive(vm, lab):
+            raise LabError(f"VM {name!r} is already running")
+        if vm.state == "failed":
+            raise LabError(f"VM {name!r} failed to boot: `kmodlab vm up {name}` first")
+        _start(vm, lab)
+    return vm
 
 
 def running(lab: Lab) -> list[Vm]:

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 "problems": [
                     f"pytest exited with status {status} before reporting; see its output"
                 ],
+                **dict.fromkeys(_report.HOST_FACTS),
                 "checks": [],
                 "modules": [],
             }

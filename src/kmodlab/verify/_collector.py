@@ -20,6 +20,8 @@ no decisions: the checks run on the controller (``kmodlab.verify.checks``). The 
                 ``dkms status`` itself costs 25 s for ten packages in a TCG guest
     kernel_log: true to read the kernel log (module_utils/kernel_log.py: /dev/kmsg,
                 else dmesg, else journalctl -k)
+    secure_boot: true to read the Secure Boot state (efi, secure_boot, setup_mode) and
+                the lockdown mode (module_utils/secure_boot.py)
     functional: [{id, steps: [{op, path, data, size}]}], run after everything else:
                 write = ``printf '%s' DATA > PATH`` (bash, so the error text is the
                 errno's strerror; never creates PATH), read =
@@ -39,6 +41,7 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_i
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import read_tree
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import read_file, stat_path
 from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import read_kernel_log
+from ansible_collections.kmodlab.lab.plugins.module_utils.secure_boot import lockdown, secure_boot
 
 
 def _list(path: str) -> list[str] | None:
@@ -89,6 +92,19 @@ def _kernel_log() -> dict:
     return out
 
 
+def _secure_boot() -> dict:
+    try:
+        return {**secure_boot("/"), "lockdown": lockdown("/")}
+    except Exception as exc:  # report it as a check failure, not a crash
+        return {
+            "efi": None,
+            "secure_boot": None,
+            "setup_mode": None,
+            "lockdown": None,
+            "error": f"reading the Secure Boot state failed: {exc!r}",
+        }
+
+
 def _step(step: dict) -> dict:
     if step["op"] == "write":
         shell = "bash" if shutil.which("bash") else "sh"
@@ -134,6 +150,8 @@ def collect(request: dict) -> dict:
         result["dkms"] = _dkms(request["dkms"])
     if request.get("kernel_log"):
         result["kernel_log"] = _kernel_log()
+    if request.get("secure_boot"):
+        result["secure_boot"] = _secure_boot()
     result["functional"] = _functional(request.get("functional", []))
     return result
 

@@ -12,8 +12,13 @@ and its probe use: parameter values as sysfs shows them and the kernel splits th
 (``params``), the major a device must have (``params.wanted_major``: a major parameter
 of 0 fixes none), ``/proc/devices`` (``proc_devices``), the kernel log
 (``kernel_log``), which configuration files a module has and what they say
-(``kmod_config``). The tests of those parsers pin their results to the kernel's
-behaviour.
+(``kmod_config``), ``modinfo`` output and a module's signature in it (``modinfo``).
+The tests of those parsers pin their results to the kernel's behaviour.
+
+The signing checks (``signature``, ``taint``, and a part of ``host``) take the
+expectation's ``signing`` mapping (``kmodlab.verify.expectations``): the signer, key
+identifier and certificate fingerprint the modules must be signed with, and whether the
+host's kernel trusts that certificate.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.kmod_config import (
     options_of,
     wanted_files,
 )
+from ansible_collections.kmodlab.lab.plugins.module_utils.modinfo import (
+    normal_key,
+    parse,
+)
+from ansible_collections.kmodlab.lab.plugins.module_utils.modinfo import (
+    signature as modinfo_signature,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.params import (
     ParamError,
     declarations,
@@ -49,6 +61,10 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import (
     majors_of,
     parse_proc_devices,
 )
+from ansible_collections.kmodlab.lab.plugins.module_utils.secure_boot import (
+    EFI_GLOBAL_GUID,
+    efivar_path,
+)
 
 from kmodlab.verify.observe import (
     DKMS_TREE,
@@ -58,6 +74,7 @@ from kmodlab.verify.observe import (
     installed_files,
     param_path,
     sys_module,
+    taint_path,
 )
 
 KERNEL_LINES = 20
@@ -74,7 +91,9 @@ def kernel_context(record: dict[str, Any], obs: Observation) -> list[str]:
 # ------------------------------------------------------------------ host
 
 
-def host(expectation_kernel: str, obs: Observation) -> list[str]:
+def host(
+    expectation_kernel: str, obs: Observation, signing: dict[str, Any] | None = None
+) -> list[str]:
     problems = []
     uname = obs.command("uname")
     running = uname["stdout"].strip()
@@ -92,7 +111,26 @@ def host(expectation_kernel: str, obs: Observation) -> list[str]:
         )
     if obs.kernel_log_source == "none":
         problems.append("the kernel log could not be read (/dev/kmsg, dmesg, journalctl -k)")
+    if signing and signing["trusted"]:
+        problems.extend(_secure_boot_unknown(obs, signing))
     return problems
+
+
+def _secure_boot_unknown(obs: Observation, signing: dict[str, Any]) -> list[str]:
+    """Why the Secure Boot state of a host whose kernel should trust the signing
+    certificate cannot be told, if it cannot: collecting it failed, or the host booted
+    through UEFI and its SecureBoot variable cannot be read."""
+    state = obs.secure_boot
+    trusted = f"the kernel should trust the signing certificate (SHA-256 {signing['fingerprint']})"
+    if state.get("error"):
+        return [f"{trusted}, but the Secure Boot state cannot be read: {state['error']}"]
+    if state.get("efi") and state.get("secure_boot") is None:
+        return [
+            f"{trusted}, but the Secure Boot state of this EFI host cannot be read "
+            f"({efivar_path('SecureBoot', EFI_GLOBAL_GUID)} is missing or unreadable: is "
+            "efivarfs mounted?)"
+        ]
+    return []
 
 
 # ------------------------------------------------------------------ DKMS and files
@@ -128,16 +166,20 @@ def dkms_installed(record: dict[str, Any], obs: Observation, kernel: str) -> lis
 
 
 def modinfo_fields(obs: Observation, record: dict[str, Any]) -> dict[str, list[str]]:
+    """The module's modinfo fields (module_utils/modinfo.py), ``{key: [values]}``; when
+    modinfo shows several modules, their values one after the other."""
     fields: dict[str, list[str]] = {}
-    key = None
-    for line in obs.command(f"modinfo:{record['name']}")["stdout"].splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+):\s?(.*)$", line)
-        if match:
-            key = match.group(1)
-            fields.setdefault(key, []).append(match.group(2).strip())
-        elif key and line.startswith((" ", "\t")):
-            fields[key][-1] += " " + line.strip()
+    for block in parse(obs.command(f"modinfo:{record['name']}")["stdout"]):
+        for key, values in block.items():
+            fields.setdefault(key, []).extend(values)
     return fields
+
+
+def module_signature(record: dict[str, Any], obs: Observation) -> dict[str, str | None]:
+    """The installed module file's signature as modinfo shows it: signer, sig_key
+    (``1A:2B:...``), sig_hashalgo, sig_id; all None when it is unsigned."""
+    blocks = parse(obs.command(f"modinfo:{record['name']}")["stdout"])
+    return modinfo_signature(blocks[0] if blocks else {})
 
 
 def module_file(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
@@ -180,6 +222,65 @@ def modinfo(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     if version and version[0] != record["version"]:
         problems.append(f"modinfo version is {version[0]}, the manifest says {record['version']}")
     return problems
+
+
+def _expected_signature(signing: dict[str, Any]) -> str:
+    return (
+        f"expected a signature by {signing['signer']!r} with key id "
+        f"{normal_key(signing['sig_key'])} (certificate SHA-256 {signing['fingerprint']})"
+    )
+
+
+def signature(
+    record: dict[str, Any], obs: Observation, kernel: str, signing: dict[str, Any]
+) -> list[str]:
+    """The installed module file carries a PKCS#7 signature (modinfo ``sig_id``) by the
+    expected signer with the expected key identifier (``signing``: signer, sig_key,
+    fingerprint)."""
+    res = obs.command(f"modinfo:{record['name']}")
+    if res["rc"] != 0:
+        return [f"modinfo -k {kernel} {record['kmod']} failed: {res['stderr'].strip()}"]
+    found = module_signature(record, obs)
+    filename = (modinfo_fields(obs, record).get("filename") or ["the installed file"])[0]
+    module = f"module {record['kmod']} ({filename})"
+    expected = _expected_signature(signing)
+    if not any(found.values()):
+        return [f"{module} is unsigned, {expected}"]
+    problems = []
+    if found["sig_id"] != "PKCS#7" or not found["signer"] or not found["sig_key"]:
+        problems.append(
+            f"{module} has an incomplete signature (sig_id {found['sig_id'] or 'none'}, "
+            f"signer {found['signer'] or 'none'}, key id {found['sig_key'] or 'none'}; "
+            f"a PKCS#7 one with both is needed), {expected}"
+        )
+    elif found["signer"] != signing["signer"] or found["sig_key"] != normal_key(signing["sig_key"]):
+        problems.append(
+            f"{module} is signed by {found['signer']!r} with key id {found['sig_key']}, {expected}"
+        )
+    return problems
+
+
+def taint(
+    record: dict[str, Any], obs: Observation, kernel: str, signing: dict[str, Any]
+) -> list[str]:
+    """A loaded module does not carry taint E (unsigned or not verified) on a host
+    whose kernel trusts the signing certificate (``signing["trusted"]``)."""
+    problems = _not_loaded(record, obs)
+    if problems:
+        return problems
+    path = taint_path(record)
+    text = obs.text(path)
+    if text is None:
+        return [f"{path}: cannot read ({obs.read_error(path)})"]
+    flags = text.strip()
+    if "E" in flags:
+        return [
+            f"module {record['kmod']} carries taint E: the kernel could not verify its "
+            f"signature (taint {flags}; the kernel should trust the certificate SHA-256 "
+            f"{signing['fingerprint']} of {signing['signer']!r}): reload it once the "
+            "file is signed with it"
+        ]
+    return []
 
 
 def persistence(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:

@@ -4,10 +4,17 @@ kmod_verify's render phase writes one file per host on the controller,
 ``DIR/HOST.json``::
 
     {"schema": 1, "host": "lab1", "kernel": "6.1.0-18-amd64",
-     "modules": [<records resolved by kmodlab.lab.selection, in load order>]}
+     "modules": [<records resolved by kmodlab.lab.selection, in load order>],
+     "signing": null}
 
 A record carries the module's state, its wanted parameters and its whole manifest,
 so every check is derived from it and nothing is written per module in the suite.
+
+``signing`` (optional, null or absent: no signing checks) is what the host's modules
+must be signed with: ``{"signer": the certificate's CN as modinfo shows it,
+"sig_key": its key identifier as modinfo shows it ("1A:2B:..."), "fingerprint": the
+certificate's SHA-256 (for messages), "trusted": whether the host's kernel trusts the
+certificate (then a loaded module must not carry taint E)}``.
 
 Each host becomes one host case (the expectation file exists and is valid, the
 kernel is the one it was rendered for) and one module case per record; each
@@ -30,6 +37,7 @@ SCHEMA = 1
 ENV_EXPECTATIONS = "KMODLAB_VERIFY_EXPECTATIONS"
 ENV_REPORT_DIR = "KMODLAB_VERIFY_REPORT_DIR"
 _RECORD_KEYS = ("name", "kmod", "version", "state", "params", "persist", "manifest")
+_SIGNING_KEYS = {"signer": str, "sig_key": str, "fingerprint": str, "trusted": bool}
 
 
 class ExpectationError(ValueError):
@@ -42,6 +50,8 @@ class Expectation:
     kernel: str
     modules: list[dict[str, Any]]
     path: Path
+    # what the modules must be signed with (see the module docstring), or None
+    signing: dict[str, Any] | None = None
 
 
 def expectation_path(directory: str | Path, host: str) -> Path:
@@ -80,16 +90,51 @@ def load_expectation(directory: str | Path, host: str) -> Expectation:
                 f"{path}: modules[{index}] lacks {', '.join(missing)} "
                 "(records come from kmodlab.lab.selection)"
             )
-    return Expectation(host=host, kernel=kernel, modules=modules, path=path)
+    signing = _signing(path, data.get("signing"))
+    return Expectation(host=host, kernel=kernel, modules=modules, path=path, signing=signing)
+
+
+def _signing(path: Path, value: Any) -> dict[str, Any] | None:
+    """The ``signing`` field checked: None, or a mapping with exactly its four keys."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ExpectationError(
+            f"{path}: field signing: expected null or a mapping with "
+            f"{', '.join(_SIGNING_KEYS)}, got {type(value).__name__}"
+        )
+    problems = [
+        f"{key} ({kind.__name__})"
+        for key, kind in _SIGNING_KEYS.items()
+        if not isinstance(value.get(key), kind) or (kind is str and not value[key].strip())
+    ]
+    if problems:
+        raise ExpectationError(
+            f"{path}: field signing: {', '.join(problems)} missing or of the wrong type"
+        )
+    unknown = sorted(set(value) - set(_SIGNING_KEYS))
+    if unknown:
+        raise ExpectationError(f"{path}: field signing: unknown keys {', '.join(unknown)}")
+    return dict(value)
 
 
 def write_expectation(
-    directory: str | Path, host: str, kernel: str, modules: list[dict[str, Any]]
+    directory: str | Path,
+    host: str,
+    kernel: str,
+    modules: list[dict[str, Any]],
+    signing: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``DIR/HOST.json`` the way kmod_verify's render phase does."""
     path = expectation_path(directory, host)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"schema": SCHEMA, "host": host, "kernel": kernel, "modules": modules}
+    data = {
+        "schema": SCHEMA,
+        "host": host,
+        "kernel": kernel,
+        "modules": modules,
+        "signing": signing,
+    }
     path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
     return path
 

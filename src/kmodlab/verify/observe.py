@@ -127,6 +127,11 @@ def param_path(record: dict[str, Any], name: str) -> str:
     return f"{sys_module(record)}/parameters/{name}"
 
 
+def taint_path(record: dict[str, Any]) -> str:
+    """The loaded module's taint flags (``E``: its signature could not be verified)."""
+    return f"{sys_module(record)}/taint"
+
+
 def build_id_path(record: dict[str, Any]) -> str:
     """The loaded module's GNU build ID note (its .ko's ``.note.gnu.build-id``)."""
     return f"{sys_module(record)}/notes/.note.gnu.build-id"
@@ -177,6 +182,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
         if rec["state"] != "present":
             continue
         build_ids += [build_id_path(rec), *installed_files(rec, expectation.kernel)]
+        read.append(taint_path(rec))
         for node in expect.get("dev_nodes") or []:
             stat.append(node["path"])
         for check in (expect.get("sysfs") or []) + (expect.get("procfs") or []):
@@ -206,6 +212,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
         "commands": commands,
         "dkms": {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]},
         "kernel_log": True,
+        "secure_boot": True,
         "functional": functional,
     }
 
@@ -259,6 +266,22 @@ class Observation:
             "stdout": "",
             "stderr": f"command {key} was not run",
         }
+
+    @property
+    def secure_boot(self) -> dict[str, Any]:
+        """``{"efi", "secure_boot", "setup_mode", "lockdown"}`` as module_utils/secure_boot.py
+        reads them on the host (None: cannot be read), plus ``error`` when reading failed;
+        every value None when the collector was not asked."""
+        found = self.data.get("secure_boot")
+        if not isinstance(found, dict):
+            return {
+                "efi": None,
+                "secure_boot": None,
+                "setup_mode": None,
+                "lockdown": None,
+                "error": "not observed",
+            }
+        return found
 
     @property
     def kernel_log(self) -> list[str]:

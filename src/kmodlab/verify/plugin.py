@@ -111,7 +111,9 @@ class ReportPlugin:
             message = _message(report)
             if message.startswith(UNREACHABLE):
                 outcome, message = "unreachable", message[len(UNREACHABLE) :]
-        _report.add_result(self.report, meta, outcome, message)
+        # what the test saw besides its outcome (Secure Boot, a module's signature)
+        facts = dict(report.user_properties).get(_report.FACTS)
+        _report.add_result(self.report, meta, outcome, message, facts)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         _report.finish(self.report, int(exitstatus))

@@ -1,4 +1,5 @@
-"""The verify report: per host x module, built / installed / loaded / params / verified.
+"""The verify report: per host x module, built / installed / signed / loaded / params /
+verified.
 
 The pytest plugin (``kmodlab.verify.plugin``) builds the report from the test
 outcomes and writes ``report.json`` (for tools) and ``report.txt`` (the table, for
@@ -13,11 +14,18 @@ report.json (schema 1; roles/kmod_verify/README.md documents it too)::
                  "text": "...", "lines": ["host/module [stage] test: problem", ...]},
      "hosts": [{"host": "lab1", "kernel": "...", "outcome": "fail",
                 "unreachable": null, "problems": ["..."],
+                "secure_boot": {"efi": true, "secure_boot": true, "setup_mode": false},
+                "lockdown": "integrity",
+                "signing": {"signer": "...", "sig_key": "1A:2B:...",
+                            "fingerprint": "...", "trusted": true},
                 "checks": [<the host's checks: test_host>],
                 "modules": [{"name": "hello-5", "version": "1.0.0", "state": "present",
                              "stages": {"built": "pass", "installed": "pass",
-                                        "loaded": "pass", "params": "fail",
-                                        "verified": "pass"},
+                                        "signed": "pass", "loaded": "pass",
+                                        "params": "fail", "verified": "pass"},
+                             "signature": {"signer": "...", "sig_key": "1A:2B:...",
+                                           "sig_hashalgo": "sha256",
+                                           "sig_id": "PKCS#7"},
                              "counts": {"total": 11, "pass": 9, "fail": 1, "skip": 0,
                                         "unobservable": 1, "unreachable": 0},
                              "checks": [{"kind": "params", "test": "test_params",
@@ -38,6 +46,17 @@ functional check's name for ``kind`` "functional", else null. ``counts`` counts
 "unreachable", "unobservable", "pass" when one of its tests had that outcome (in that
 order), "skip" when they were all skipped, "n/a" when no test belongs to it (e.g.
 built for an absent module).
+
+What the tests saw besides their outcome comes as facts they record
+(``record_property(FACTS, {...})``): a host's ``secure_boot`` (``efi``: booted through
+UEFI, ``secure_boot`` and ``setup_mode``: the firmware's variables, null when they cannot
+be read) and ``lockdown`` (the kernel's lockdown mode, null without the file), recorded
+by test_host for every host it observed, and ``signing`` (the expectation's signing
+mapping, null without one); a module's ``signature`` (what modinfo shows of its installed
+file's signature: signer, sig_key, sig_hashalgo, sig_id, all null when unsigned),
+recorded by test_signature (so null without signing expectations). The stage "signed"
+holds test_signature and test_taint: "n/a" (shown as ``-``) without signing
+expectations.
 
 A host's ``outcome`` is "unreachable" when SSH could not reach it (``unreachable``
 then holds ssh's reason; a host dropped from the play before the suite ran is probed
@@ -60,7 +79,11 @@ from rich.table import Table
 from rich.text import Text
 
 SCHEMA = 1
-STAGES = ("built", "installed", "loaded", "params", "verified")
+STAGES = ("built", "installed", "signed", "loaded", "params", "verified")
+# The user property under which a test records facts for the report, and the facts kept.
+FACTS = "kmodlab_facts"
+HOST_FACTS = ("secure_boot", "lockdown", "signing")
+MODULE_FACTS = ("signature",)
 OUTCOMES = ("pass", "fail", "skip", "unobservable", "unreachable")
 _RANK = {"n/a": 0, "skip": 1, "pass": 2, "unobservable": 3, "unreachable": 4, "fail": 5}
 _STYLE = {
@@ -118,6 +141,7 @@ def _host(report: dict[str, Any], name: str) -> dict[str, Any]:
         "outcome": None,
         "unreachable": None,
         "problems": [],
+        **dict.fromkeys(HOST_FACTS),
         "checks": [],
         "modules": [],
     }
@@ -136,6 +160,7 @@ def _module(
         "version": version,
         "state": state,
         "stages": dict.fromkeys(STAGES, "n/a"),
+        **dict.fromkeys(MODULE_FACTS),
         "counts": {"total": 0, **dict.fromkeys(OUTCOMES, 0)},
         "checks": [],
         "failures": [],
@@ -183,10 +208,15 @@ def _record_check(
 
 
 def add_result(
-    report: dict[str, Any], meta: dict[str, Any], outcome: str, message: str | None
+    report: dict[str, Any],
+    meta: dict[str, Any],
+    outcome: str,
+    message: str | None,
+    facts: dict[str, Any] | None = None,
 ) -> None:
     """Fold one test outcome ("pass", "fail", "skip", "unobservable", "unreachable")
-    into the report.
+    into the report, with the facts the test recorded (``HOST_FACTS`` of a host test,
+    ``MODULE_FACTS`` of a module test; others are ignored).
 
     A test reported again (a teardown error after its call) counts once, with its
     worst outcome. The first "unreachable" of a host gives its reason."""
@@ -196,10 +226,12 @@ def add_result(
     if outcome == "unreachable" and not host.get("unreachable"):
         host["unreachable"] = _first_line(message or "") or "SSH could not reach the host"
     if meta.get("module") is None:
+        host.update({k: v for k, v in (facts or {}).items() if k in HOST_FACTS})
         if _record_check(report, host, meta, outcome, message) and outcome == "fail":
             host["problems"].append(message or meta["test"])
         return
     mod = _module(host, meta["module"], meta.get("version"), meta.get("state"))
+    mod.update({k: v for k, v in (facts or {}).items() if k in MODULE_FACTS})
     if not _record_check(report, mod, meta, outcome, message):
         return
     stage = meta["stage"]
@@ -281,6 +313,38 @@ def unobservable_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _secure_boot_text(host: dict[str, Any]) -> str:
+    state = host.get("secure_boot") or {}
+    if state.get("efi") is None:
+        text = "Secure Boot state not observed"
+    elif not state["efi"]:
+        text = "no UEFI, so no Secure Boot"
+    else:
+        flag = state.get("secure_boot")
+        text = "Secure Boot " + ("unknown" if flag is None else "on" if flag else "off")
+        if state.get("setup_mode"):
+            text += " (setup mode)"
+    lockdown = host.get("lockdown")
+    return text + (f", lockdown {lockdown}" if lockdown else ", no lockdown file")
+
+
+def signing_lines(report: dict[str, Any]) -> list[str]:
+    """One line per host with signing expectations: its Secure Boot state and lockdown
+    mode, and the signer its modules must have."""
+    lines = []
+    for host in report.get("hosts", []):
+        signing = host.get("signing")
+        if not signing:
+            continue
+        trust = "trusted" if signing.get("trusted") else "not trusted"
+        lines.append(
+            f"{host['host']}: {_secure_boot_text(host)}; modules signed by "
+            f"{signing.get('signer')!r} (key id {signing.get('sig_key')}, certificate "
+            f"SHA-256 {signing.get('fingerprint')}, {trust} by the kernel)"
+        )
+    return lines
+
+
 def write(report: dict[str, Any], directory: str | Path) -> Path:
     """Write report.json and report.txt; return the JSON path."""
     directory = Path(directory)
@@ -356,6 +420,10 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
                 host["host"], mod["name"], mod.get("version") or "", mod.get("state") or "", *cells
             )
     parts: list[RenderableType] = [table]
+    signing = signing_lines(report)
+    if signing:
+        parts.append(Text("Signing:", style="bold"))
+        parts.extend(Text(line) for line in signing)
     lines = failure_lines(report)
     if lines:
         parts.append(Text("Failures:", style="bold red"))
@@ -369,8 +437,8 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
 
 def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
     """The report as plain text (no colours): the table, then one unwrapped line per
-    failure and per check not observable (e.g. for Ansible's output, where each line
-    becomes a list item)."""
+    host with signing expectations, per failure and per check not observable (e.g. for
+    Ansible's output, where each line becomes a list item)."""
     report = load(source)
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
@@ -378,6 +446,7 @@ def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
     assert isinstance(table, Group)
     console.print(table.renderables[0])
     for heading, lines in (
+        ("Signing:", signing_lines(report)),
         ("Failures:", failure_lines(report)),
         ("Not observable:", unobservable_lines(report)),
     ):

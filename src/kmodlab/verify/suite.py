@@ -28,6 +28,12 @@ What each module is checked for is computed twice: by each test's own selection 
 test, which fails saying so: a selection rule that goes wrong can never make a check
 vanish from a passing run.
 
+The signing checks (``test_signature``, ``test_taint``) run only for hosts whose
+expectation has ``signing`` (``kmodlab.verify.expectations``); ``test_taint`` only when
+it says the kernel trusts the certificate. ``test_host`` and ``test_signature`` record
+what they saw for the report (``record_property(FACTS, {...})``: the host's Secure Boot
+state and lockdown mode, the module file's signature).
+
 Hosts come from testinfra's options (``--hosts``, ``--connection``,
 ``--ansible-inventory``, ``--sudo``...), as for any testinfra test; the checks run as
 root (directly, under ``--sudo``, or through passwordless ``sudo -n``). A host SSH cannot
@@ -54,6 +60,7 @@ import testinfra
 from kmodlab.verify import checks
 from kmodlab.verify.expectations import Case, build_cases, resolve_directory
 from kmodlab.verify.observe import UNREACHABLE, HostUnreachable, Observation, observe, reach
+from kmodlab.verify.report import FACTS
 
 pytest_plugins = ["kmodlab.verify.plugin"]
 
@@ -76,10 +83,12 @@ __all__ = [
     "test_persistence",
     "test_proc_devices",
     "test_procfs",
+    "test_signature",
     "test_sysfs",
+    "test_taint",
 ]
 
-STAGES = ("built", "installed", "loaded", "params", "verified")
+STAGES = ("built", "installed", "signed", "loaded", "params", "verified")
 _TESTINFRA_OPTIONS = (
     "connection",
     "ssh_config",
@@ -101,18 +110,22 @@ def check(
     kind: str = "module",
     states: tuple[str, ...] = ("present",),
     applies: Callable[[dict[str, Any]], bool] | None = None,
+    signing: str | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Mark a test with its report stage and the cases it applies to."""
+    """Mark a test with its report stage and the cases it applies to. ``signing``:
+    None (any host), "signed" (hosts whose expectation has ``signing``) or "trusted"
+    (those whose ``signing`` says the kernel trusts the certificate). Fixtures the test
+    asks for besides ``kmodlab_case`` (``record_property``) are passed on."""
 
     def mark(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
-        def run(kmodlab_case: Case) -> None:
+        def run(kmodlab_case: Case, **fixtures: Any) -> None:
             token = _RUNNING.set(func.__name__)
             try:
                 mismatch = _MISMATCH.get((func.__name__, kmodlab_case.id))
                 if mismatch is not None:
                     _fail(kmodlab_case, mismatch)
-                func(kmodlab_case)
+                func(kmodlab_case, **fixtures)
             finally:
                 _RUNNING.reset(token)
 
@@ -121,20 +134,23 @@ def check(
             "kind": kind,
             "states": states,
             "applies": applies,
+            "signing": signing,
         }
         return run
 
     return mark
 
 
-def expected_checks(record: dict[str, Any]) -> list[str]:
+def expected_checks(record: dict[str, Any], signing: dict[str, Any] | None = None) -> list[str]:
     """The tests a module's record calls for, from its state and manifest alone (not
-    from the tests' selection rules); a functional check is ``test_functional[NAME]``.
+    from the tests' selection rules), and the host's ``signing`` expectation; a
+    functional check is ``test_functional[NAME]``.
 
     absent: DKMS removed it, not loaded, no config files. config: built, installed,
     its files. present: all that, loaded, modinfo, and one test per expect key in use
     (parameters wanted, parameters declared, proc_devices, dev_nodes, sysfs, procfs,
-    dmesg load messages), one per functional check.
+    dmesg load messages), one per functional check; with ``signing``, its signature,
+    and its taint when the kernel trusts the certificate.
     """
     if record["state"] == "absent":
         return ["test_dkms_removed", "test_not_loaded", "test_persistence"]
@@ -144,6 +160,10 @@ def expected_checks(record: dict[str, Any]) -> list[str]:
     manifest = record["manifest"]
     expect = manifest.get("expect") or {}
     tests += ["test_loaded", "test_modinfo"]
+    if signing:
+        tests.append("test_signature")
+        if signing.get("trusted"):
+            tests.append("test_taint")
     if record["params"]:
         tests.append("test_params")
     if manifest.get("parameters"):
@@ -229,6 +249,10 @@ def _dropped_cases(config: pytest.Config, known: set[str]) -> list[Case]:
     return cases
 
 
+def _signing(case: Case) -> dict[str, Any] | None:
+    return case.expectation.signing if case.expectation is not None else None
+
+
 def _applies(spec: dict[str, Any], case: Case) -> bool:
     if spec["kind"] != case.kind:
         return False
@@ -236,6 +260,11 @@ def _applies(spec: dict[str, Any], case: Case) -> bool:
         return True
     record = case.record or {}
     if record.get("state") not in spec["states"]:
+        return False
+    signing = _signing(case)
+    if spec.get("signing") and not signing:
+        return False
+    if spec.get("signing") == "trusted" and not (signing or {}).get("trusted"):
         return False
     return spec["applies"] is None or bool(spec["applies"](record))
 
@@ -246,7 +275,7 @@ def _wanted(test: str, case: Case) -> bool:
         return case.kind == "host" and test == "test_host"
     functional = case.functional
     key = f"{test}[{functional['name']}]" if functional is not None else test
-    return key in expected_checks(case.record)
+    return key in expected_checks(case.record, _signing(case))
 
 
 def _with_functional(cases: list[Case]) -> list[tuple[Case, bool]]:
@@ -294,7 +323,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 "but the test's selection rule left it out"
             )
         elif not wanted:
-            calls = expected_checks(case.record) if case.record else ["test_host"]
+            calls = expected_checks(case.record, _signing(case)) if case.record else ["test_host"]
             _MISMATCH[(test, case.id)] = (
                 f"{test} was selected, but the manifest does not call for it "
                 f"(it calls for: {', '.join(calls)})"
@@ -398,13 +427,25 @@ def _module(case: Case, func: Callable[[dict[str, Any], Observation, str], list[
 
 
 @check("host", kind="host")
-def test_host(kmodlab_case: Case) -> None:
-    """The expectation file exists and the host runs the kernel it was rendered for."""
+def test_host(kmodlab_case: Case, record_property: Callable[[str, Any], None]) -> None:
+    """The expectation file exists and the host runs the kernel it was rendered for;
+    when its kernel should trust the signing certificate, its Secure Boot state can be
+    read. Records the Secure Boot state and the lockdown mode for the report."""
     if kmodlab_case.extra.get("dropped"):
         _dropped(kmodlab_case)
     obs = _observation(kmodlab_case)
-    assert kmodlab_case.expectation is not None
-    _verdict(kmodlab_case, checks.host(kmodlab_case.expectation.kernel, obs), obs)
+    expectation = kmodlab_case.expectation
+    assert expectation is not None
+    state = obs.secure_boot
+    record_property(
+        FACTS,
+        {
+            "secure_boot": {k: state.get(k) for k in ("efi", "secure_boot", "setup_mode")},
+            "lockdown": state.get("lockdown"),
+            "signing": expectation.signing,
+        },
+    )
+    _verdict(kmodlab_case, checks.host(expectation.kernel, obs, expectation.signing), obs)
 
 
 @check("built", states=("present", "config"))
@@ -495,6 +536,27 @@ def test_dmesg_load(kmodlab_case: Case) -> None:
 def test_modinfo(kmodlab_case: Case) -> None:
     """modinfo fields match the manifest's regexes; its version, if any, is the manifest's."""
     _module(kmodlab_case, checks.modinfo)
+
+
+@check("signed", signing="signed")
+def test_signature(kmodlab_case: Case, record_property: Callable[[str, Any], None]) -> None:
+    """The installed module file is signed (PKCS#7) by the expected signer and key."""
+    obs = _observation(kmodlab_case)
+    record, expectation = kmodlab_case.record, kmodlab_case.expectation
+    assert record is not None and expectation is not None and expectation.signing
+    if obs.command(f"modinfo:{record['name']}")["rc"] == 0:
+        found = checks.module_signature(record, obs)
+        record_property(FACTS, {"signature": found})
+    problems = checks.signature(record, obs, expectation.kernel, expectation.signing)
+    _verdict(kmodlab_case, problems, obs)
+
+
+@check("signed", signing="trusted")
+def test_taint(kmodlab_case: Case) -> None:
+    """A loaded module carries no taint E where the kernel trusts the certificate."""
+    assert kmodlab_case.expectation is not None and kmodlab_case.expectation.signing
+    signing = kmodlab_case.expectation.signing
+    _module(kmodlab_case, lambda rec, obs, kernel: checks.taint(rec, obs, kernel, signing))
 
 
 @check("verified", kind="functional")
