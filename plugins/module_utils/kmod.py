@@ -217,12 +217,13 @@ def reload_reasons(
             break
     # The same build signed again (a new signing key): the code is identical, so neither
     # srcversion nor build ID tells, but the kernel checked the old signature at load.
-    if _usable_record(recorded) and recorded.get("sig_key") and installed.get("sig_key"):
-        if recorded["sig_key"] != installed["sig_key"]:
-            reasons.append(
-                f"the installed module is signed with key {installed['sig_key']}, it was "
-                f"loaded when signed with key {recorded['sig_key']}"
-            )
+    signed_then = recorded.get("sig_key") if _usable_record(recorded) else None
+    signed_now = installed.get("sig_key")
+    if signed_then and signed_now and signed_then != signed_now:
+        reasons.append(
+            f"the installed module is signed with key {signed_now}, it was "
+            f"loaded when signed with key {signed_then}"
+        )
     for problem in dev_node_problems(record, state.get("dev_nodes") or {}, proc_devices):
         reasons.append(problem[1])
     return reasons

@@ -43,11 +43,11 @@ description:
     that build (a digest of the source folder is recorded beside each build), when dkms
     reports a built module missing, or when its source folder is gone; an installed module
     that dkms reports as different from its build is reinstalled.
-  - The fingerprint of the certificate dkms signs with (C(mok_certificate) of
+  - The fingerprint of the certificate dkms signs with (C(mok_certificate) in
     C(framework.conf) and C(framework.conf.d/*.conf)) is recorded beside each build too.
     When it changes (a new project key), every built module is signed again in place with
     the kernel's C(sign-file) and the new key (old signature stripped), built and installed
-    copies alike: nothing is compiled and no C(depmod) runs. The same key changes nothing.
+    copies alike; nothing is compiled and no C(depmod) runs. The same key changes nothing.
   - When another version of the same package is registered, the wanted version is installed
     with C(--force-version-override) (so a downgrade is honoured) and checked in the DKMS tree
     and C(/lib/modules). The other versions stay registered (built, no longer installed) with

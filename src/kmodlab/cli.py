@@ -301,6 +301,70 @@ def vm_console(
     attach(vm.spec(lab).console_sock)
 
 
+def _mok_password(password_file: Path | None, key: str | None) -> str:
+    """The MOK password from ``password_file`` (its first line), else the key store's."""
+    if password_file is not None:
+        if key is not None:
+            raise LabError("--password-file and --key both given: the password comes from one")
+        try:
+            text = password_file.read_text()
+        except OSError as exc:
+            raise LabError(f"--password-file {password_file}: {exc.strerror}") from None
+        return text.splitlines()[0] if text else ""
+    name = key or keys.DEFAULT_NAME
+    stored = keys.key_dir(name) / keys.PASSWORD_FILE
+    if not stored.is_file():
+        raise LabError(
+            f"no MOK password for key {name!r} ({stored}): give the one of the request "
+            "with --password-file"
+        )
+    return keys.mok_password(name)
+
+
+@vm_app.command("enroll")
+@clean_errors
+def vm_enroll(
+    name: Annotated[str, typer.Argument(help="VM with a pending `mokutil --import/--delete`")],
+    password_file: Annotated[
+        Path | None,
+        typer.Option("--password-file", help="file whose first line is the MOK password"),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help=f"key store entry whose mok-password is used (default: {keys.DEFAULT_NAME})",
+        ),
+    ] = None,
+    lab_dir: LabOpt = None,
+) -> None:
+    """Confirm a pending MOK enrolment and/or deletion in shim's MokManager, over the
+    serial console, as a person would on a real host: the VM reboots into MokManager
+    and boots again until SSH answers."""
+    from kmodlab.lab import mokmanager
+
+    lab = _lab(lab_dir)
+    vm = vms_mod.select(lab, lab.load(), [name])[0]
+    password = _mok_password(password_file, key)
+    result = mokmanager.confirm(lab, vm, password, progress=_progress(time.monotonic()))
+    inventory_mod.write(lab)
+    if result.nothing_pending:
+        out.print(
+            f"{name}: nothing to confirm (no MokManager at boot); up again after "
+            f"{result.total:.0f} s",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    out.print(
+        f"{name}: confirmed {' and '.join(result.actions)}; boot to MokManager "
+        f"{result.boot_to_mokmanager:.0f} s, MokManager to SSH {result.mokmanager_to_ssh:.0f} s, "
+        f"total {result.total:.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("inventory")
 @clean_errors
 def inventory(lab_dir: LabOpt = None) -> None:

@@ -127,10 +127,13 @@ def key_show(
 
 NEXT_STEPS = """\
 next steps:
-  1. run lab.yml (or your playbook): it enrols the new certificate as a MOK beside
-     the old one (confirm the enrolment in MokManager at the next boot)
-  2. the same run signs the modules again with the new key and reloads them
-  3. once they load with the new key, the old certificate is removed from MokList"""
+  1. run lab.yml (or your playbook): on Secure Boot hosts it queues the new certificate
+     for MOK enrolment beside the old one and stops them; their modules keep running
+  2. reboot them and confirm the enrolment in MokManager (`kmodlab vm enroll NAME` on
+     a lab VM)
+  3. run lab.yml again: it signs every module again with the new key, reloads it,
+     verifies, and queues the old certificate for deletion from MokList (confirmed
+     in MokManager at the next boot, as in 2)"""
 
 
 @key_app.command("rotate")

@@ -165,6 +165,10 @@ def test_every_task_that_handles_key_material_has_no_log():
             body = {k: v for k, v in task.items() if k not in ("name", "when", "tags", "block")}
             if "block" in task:
                 continue
+            action = task.get("kmodlab.lab.signing_key")
+            if isinstance(action, dict) and not action.get("mok_password"):
+                # returns public facts and the key's path only (test_signing_key_action.py)
+                continue
             text = yaml.safe_dump(body)
             if SECRET.search(text):
                 seen += 1

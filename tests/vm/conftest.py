@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, playbook
+from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, kmodlab, playbook
 
 from kmodlab import keys
 from kmodlab.lab import image, inventory, vms
@@ -63,28 +63,32 @@ def project_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[keys.KeyPa
 
 @pytest.fixture(scope="session")
 def guests(
-    test_lab: vms.Lab, images: dict[str, image.Image], project_key: keys.KeyPair
+    test_lab: vms.Lab,
+    images: dict[str, image.Image],
+    project_key: keys.KeyPair,  # its KMODLAB_KEY_DIR: the key enrolled in t-sb
 ) -> Iterator[dict[str, Guest]]:
     """Boot the plain and the Secure Boot VM at once; destroy them at the end."""
     existing = test_lab.load()
     stale = [n for n in (PLAIN, SB) if n in existing]
     if stale:
         vms.destroy(test_lab, stale, progress=print)
-    requests = [
-        vms.UpRequest(names=[PLAIN], profile="lab"),
-        vms.UpRequest(
-            names=[SB], profile="bare", secure_boot=True, project_key=project_key.cert.der_path
-        ),
-    ]
     errors: list[BaseException] = []
 
-    def boot(req: vms.UpRequest) -> None:
+    def boot_plain() -> None:
         try:
-            vms.up(test_lab, req, progress=print)
+            vms.up(test_lab, vms.UpRequest(names=[PLAIN], profile="lab"), progress=print)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=boot, args=(r,)) for r in requests]
+    def boot_sb() -> None:
+        # As users do: the CLI enrols the key store's project key (KMODLAB_KEY_DIR).
+        try:
+            proc = kmodlab("vm", "up", SB, "--secure-boot", "--profile", "bare", lab=test_lab)
+            print(proc.stderr)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot_plain), threading.Thread(target=boot_sb)]
     for t in threads:
         t.start()
     for t in threads:

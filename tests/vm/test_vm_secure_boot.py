@@ -53,6 +53,15 @@ def loaded(guest: Guest) -> dict[str, str]:
     return {ln.split()[0]: ln for ln in lines}
 
 
+def tree_state(guest: Guest) -> str:
+    """Every file of the DKMS tree, the installed modules and the signing folder, with
+    its modification time: what a build, an install or a key copy would change."""
+    return guest.run(
+        "sudo find /var/lib/dkms /lib/modules/$(uname -r)/updates /etc/kmodlab "
+        "-printf '%p %T@\\n' | sort"
+    )
+
+
 def installed_path(guest: Guest, kmod: str) -> str:
     return guest.run(f"/sbin/modinfo -n {kmod}").strip()
 
@@ -108,7 +117,9 @@ def test_every_module_loaded_signed_by_the_project_key_under_lockdown(
     assert "rc=1" in sb.run("sudo test -e /var/lib/dkms/mok.key", check=False)
 
 
-def test_report_shows_signed_modules_and_secure_boot(sb_converged: Guest, tmp_path: Path) -> None:
+def test_report_shows_signed_modules_and_secure_boot(
+    sb_converged: Guest, project_key: keys.KeyPair, tmp_path: Path
+) -> None:
     proc = sb_play(
         sb_converged,
         "--tags",
@@ -119,10 +130,16 @@ def test_report_shows_signed_modules_and_secure_boot(sb_converged: Guest, tmp_pa
     assert proc.returncode == 0, proc.stdout[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
     (host,) = report["hosts"]
-    assert host["secure_boot"] is True and host["lockdown"] in ("integrity", "confidentiality")
+    assert host["secure_boot"]["secure_boot"] is True, host["secure_boot"]
+    assert host["lockdown"] in ("integrity", "confidentiality")
+    assert host["signing"]["trusted"] is True
+    assert host["signing"]["sig_key"] == project_key.cert.sig_key
     assert {m["name"] for m in host["modules"]} == set(LAB_MODULES)
-    table = (tmp_path / "report.txt").read_text()
-    assert "signed" in table.splitlines()[0] or "signed" in table, table
+    for module in host["modules"]:
+        assert module["stages"]["signed"] == "pass", module
+        assert module["signature"]["signer"] == project_key.cert.common_name, module
+    header = next(ln for ln in (tmp_path / "report.txt").read_text().splitlines() if "signed" in ln)
+    assert "loaded" in header
 
 
 def test_key_readable_by_others_stops_before_any_host_is_touched(sb_converged: Guest) -> None:
@@ -183,7 +200,7 @@ def test_wrong_vault_password_stops_and_the_right_one_changes_nothing(
 def test_untrusted_key_stops_the_host_before_anything_is_built(sb_converged: Guest) -> None:
     sb = sb_converged
     other, _created = keys.create("other")
-    before = sb.run("sudo find /var/lib/dkms -newer /etc/hostname | wc -l")
+    before = tree_state(sb)
     modules_before = loaded(sb)
     proc = sb_play(sb, "-e", "module_signing_key_name=other", "-e", "module_signing_enroll=false")
     assert proc.returncode != 0
@@ -194,7 +211,7 @@ def test_untrusted_key_stops_the_host_before_anything_is_built(sb_converged: Gue
     assert "dkms_module : " not in out and "kmod_load : " not in out
     assert "Key was rejected by service" not in out
     # nothing built, nothing loaded or unloaded, no enrolment queued
-    assert sb.run("sudo find /var/lib/dkms -newer /etc/hostname | wc -l") == before
+    assert tree_state(sb) == before
     assert loaded(sb) == modules_before
     assert "MokNew is empty" in sb.run("mokutil --list-new", check=False)
 

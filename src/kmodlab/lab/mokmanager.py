@@ -7,14 +7,15 @@ confirms: a key press within its 10 s countdown, "Enroll MOK" (or "Delete MOK"),
 serial port: it restarts the VM, reads MokManager's screen (the UEFI console, drawn with
 ANSI cursor moves and colours) into :class:`Screen`, and presses the keys.
 
-What MokManager really does, seen on Debian 12's shim (15.8) under OVMF:
+What MokManager really does, seen on Debian 12's shim 16.1 (shim-signed 1.51~1+deb12u1):
 
 - the password is echoed as nothing at all (not even ``*``): only the key presses' screen
   updates reach the serial port, so the password is never in ``console.log``;
 - after a confirmed request it goes back to its menu, "Continue boot" now "Reboot", the
   other request (if both an enrolment and a deletion are pending) still offered;
 - a wrong password shows "ERROR / Password doesn't match" with "OK", then asks again (3
-  tries in all);
+  tries in all; an empty one is "Invalid password length"); after the third, "Failed to
+  enroll keys", back to the menu, and the request is gone at the next boot;
 - "Reboot" resets the machine, and QEMU (``-no-reboot``) exits.
 
 The serial stream is lossy: under load QEMU drops a byte now and then (seen: ~1 in 700,
@@ -44,7 +45,7 @@ UP, DOWN, ENTER = b"\x1b[A", b"\x1b[B", b"\r"
 ANY_KEY = b" "
 REDRAW = b" "
 
-# Screen texts, as MokManager (shim 15.8) draws them.
+# Screen texts, as MokManager (shim 16.1) draws them.
 PROMPT = "Press any key to perform MOK management"
 MENU_TITLE = "Perform MOK management"
 CONTINUE_BOOT = "Continue boot"
@@ -57,7 +58,7 @@ WRONG_PASSWORD = "Password doesn't match"
 BAD_LENGTH = "Invalid password length"
 ERROR_TITLE = "ERROR"
 # Past shim without MokManager: GRUB or the kernel speaks on the serial console.
-BOOT_TEXTS = ("Welcome to GRUB!", "EFI stub:", "Loading Linux")
+BOOT_TEXTS = ("Welcome to GRUB!", "EFI stub:", "Loading Linux", "Loading, please wait", "login:")
 
 STEP_TIMEOUT = 90.0  # one screen; MokManager redraws in well under 5 s even when busy
 SETTLE = 0.4  # a screen is drawn when the stream has been quiet this long
@@ -65,6 +66,7 @@ MAX_MOVES = 16
 PASSWORD_MAX = 256  # shim's PASSWORD_MAX; mokutil's limit too
 
 BLACK, BLUE = 40, 44
+_clock = time.monotonic  # the driver's clock (the tests replay sessions in fake time)
 BOX = "│─┌┐└┘├┤┬┴┼║═╔╗╚╝"
 _ESC_FINAL = re.compile(rb"[\x40-\x7e]")
 
@@ -292,16 +294,16 @@ class Driver:
         password: str,
         progress: Progress = print,
         step_timeout: float = STEP_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.conn = conn
         self._password = password
         self.progress = progress
         self.step_timeout = step_timeout
-        self.clock = clock
+        self.clock = clock or _clock
         self.screen = Screen()
         self.eof = False
-        self.last_data = clock()
+        self.last_data = self.clock()
 
     # --- the serial line ---------------------------------------------------------------
 
@@ -455,9 +457,9 @@ class Driver:
         self._leave_password_prompt(action)
         return (
             f"wrong MOK password: MokManager said {WRONG_PASSWORD!r} ({action.item}); "
-            "the password was typed once, not retried; the password of the request is the "
-            "one given to `mokutil --import`/`--delete` (--password-file, or the key "
-            "store's mok-password)"
+            "it was typed once, not retried, and MokManager has dropped the request: "
+            "make it again (`mokutil --import`/`--delete`) with the password given here "
+            "(--password-file, or the key store's mok-password)"
         )
 
     def _leave_password_prompt(self, action: Action) -> None:
@@ -555,10 +557,13 @@ def confirm(
     try:
         outcome = Driver(conn, password, progress, step_timeout).run(timeout)
     except LabError as exc:
-        raise LabError(
-            f"{vm.name}: {exc}\n(the VM is still running: `kmodlab vm console {vm.name}` "
-            f"to answer MokManager by hand, or `kmodlab vm down {vm.name}`)"
-        ) from None
+        hint = (
+            f"the VM is still running: `kmodlab vm console {vm.name}` to answer MokManager "
+            f"by hand, or `kmodlab vm down {vm.name}`"
+            if vms.process_alive(vm, lab)
+            else f"QEMU has exited: `kmodlab vm up {vm.name}` starts the VM again"
+        )
+        raise LabError(f"{vm.name}: {exc}\n({hint})") from None
     finally:
         with contextlib.suppress(OSError):
             conn.close()
@@ -575,7 +580,7 @@ def confirm(
         state[vm.name] = vm
     progress(f"{vm.name}: SSH up")
     if outcome.error:
-        raise LabError(f"{vm.name}: {outcome.error} (the VM is up again)")
+        raise LabError(f"{vm.name} is up again, but: {outcome.error}")
     return MokResult(
         name=vm.name,
         actions=outcome.actions,
