@@ -117,9 +117,9 @@ def enroll(lab: vms.Lab) -> None:
     try:
         ssh = lab.ssh_args(vm)
         der = pair.cert.der_path.read_bytes()
-        subprocess.run([*ssh, "cat > /tmp/bench.der"], input=der, check=True, timeout=120)
+        subprocess.run([*ssh, "cat > /var/tmp/bench.der"], input=der, check=True, timeout=120)
         subprocess.run(
-            [*ssh, "sudo mokutil --import /tmp/bench.der"],
+            [*ssh, "sudo mokutil --import /var/tmp/bench.der"],
             input=f"{password}\n{password}\n".encode(),
             check=True,
             timeout=120,
@@ -133,7 +133,7 @@ def enroll(lab: vms.Lab) -> None:
         wall = timed("enrolment (reboot, MokManager, SSH)", confirm)
         result = holder["r"]
         check = subprocess.run(
-            [*ssh, "mokutil --test-key /tmp/bench.der"], capture_output=True, text=True, check=False
+            [*ssh, "sudo mokutil --test-key /var/tmp/bench.der"], capture_output=True, text=True, check=False
         )
         enrolled = "is already enrolled" in check.stdout + check.stderr
         print(

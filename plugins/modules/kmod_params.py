@@ -457,16 +457,12 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         files[rec["name"]] = entry
     if errors:
         module.fail_json(msg="; ".join(errors), errors=errors)
-    # The installed build matters only for a loaded module that shows its own
-    # srcversion, build ID or version to compare with.
-    comparable = [
-        rec["kmod"]
-        for rec in records
-        if rec["state"] == "present"
-        and states[rec["name"]]["loaded"]
-        and any(states[rec["name"]].get(k) for k in ("srcversion", "build_id", "version"))
-    ]
-    by_kmod = _installed(module, root, comparable)
+    # The installed file of every present module, in one modinfo call: its identity
+    # (compared with a loaded module's own srcversion, build ID or version) and the key
+    # it is signed with (recorded in the fact at load, so a file signed again is reloaded).
+    by_kmod = _installed(
+        module, root, [rec["kmod"] for rec in records if rec["state"] == "present"]
+    )
     installed = {rec["name"]: by_kmod[rec["kmod"]] for rec in records if rec["kmod"] in by_kmod}
 
     proc_devices = parse_proc_devices(read_text(host_path(root, PROC_DEVICES)))

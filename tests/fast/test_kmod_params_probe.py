@@ -298,7 +298,7 @@ def test_one_modinfo_call_for_all_loaded_modules(host: Path):
     write(host, "/sys/module/base/refcnt", "0\n")
     write(host, "/sys/module/base/srcversion", "CCC\n")
     write(host, "/sys/module/base/parameters/level", "1\n")
-    write(host, "/sys/module/memory/initstate", "live\n")  # no srcversion: not asked
+    write(host, "/sys/module/memory/initstate", "live\n")  # no srcversion: asked all the same
     write(host, "/sys/module/memory/parameters/major", "60\n", 0o444)
     modinfo = (
         "filename:       /lib/modules/k/updates/dkms/base.ko.xz\nsrcversion:     CCC\n"
@@ -311,7 +311,7 @@ def test_one_modinfo_call_for_all_loaded_modules(host: Path):
     memory["manifest"]["expect"]["dev_nodes"] = []  # /dev/memory: test_dev_node_* below
     module = FakeModule({"modules": recs, "root": str(host)}, modinfo=modinfo)
     out = probe.run(module)
-    assert len(module.commands) == 1 and module.commands[0][-2:] == ["base", "hello_5"]
+    assert len(module.commands) == 1 and module.commands[0][-3:] == ["base", "hello_5", "memory"]
     actions = {m["name"]: m["action"] for m in out["modules"]}
     assert actions == {"base": "none", "hello-5": "reload", "memory": "none"}
     assert out["modules"][0]["installed"]["filename"].endswith("base.ko.xz")
