@@ -133,7 +133,10 @@ def enroll(lab: vms.Lab) -> None:
         wall = timed("enrolment (reboot, MokManager, SSH)", confirm)
         result = holder["r"]
         check = subprocess.run(
-            [*ssh, "sudo mokutil --test-key /var/tmp/bench.der"], capture_output=True, text=True, check=False
+            [*ssh, "sudo mokutil --test-key /var/tmp/bench.der"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         enrolled = "is already enrolled" in check.stdout + check.stderr
         print(
