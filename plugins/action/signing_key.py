@@ -152,4 +152,9 @@ def _public_with_der(cert: Any, data: bytes | None = None) -> dict[str, Any]:
             der_file.write_bytes(data)
     out["der_b64"] = base64.b64encode(data).decode()
     out["der_file"] = str(der_file)
+    body = base64.encodebytes(data).decode().replace("\n", "")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    out["pem"] = (
+        "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    )
     return out

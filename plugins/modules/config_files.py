@@ -10,8 +10,8 @@ module: config_files
 short_description: Write or remove many small configuration files in one call
 description:
   - Each file is compared with its wanted content and mode; only differing files are
-    written (atomically, owned by root, creating a missing folder with mode 0755) or
-    removed.
+    written (atomically, owned by root, creating a missing folder with its
+    O(files[].dir_mode)) or removed.
   - One call for all files, because every task round trip to an emulated guest costs
     seconds, and a loop of M(ansible.builtin.copy) costs two per file.
 options:
@@ -32,6 +32,10 @@ options:
         description: Octal mode of a written file.
         type: str
         default: "0644"
+      dir_mode:
+        description: Octal mode of its folder when the folder has to be created.
+        type: str
+        default: "0755"
 author:
   - kmodlab (@kmodlab)
 attributes:
@@ -91,6 +95,7 @@ def main() -> None:
                     path=dict(type="path", required=True),
                     content=dict(type="str"),
                     mode=dict(type="str", default="0644"),
+                    dir_mode=dict(type="str", default="0755"),
                 ),
             )
         ),
@@ -125,6 +130,10 @@ def main() -> None:
             if action == "removed":
                 os.unlink(path)
             else:
+                folder = os.path.dirname(path)
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, int(spec["dir_mode"], 8))
+                    os.chmod(folder, int(spec["dir_mode"], 8))
                 write_atomic(module, path, content.encode("utf-8"), mode, owner_root=True)
         except OSError as exc:
             module.fail_json(

@@ -119,6 +119,9 @@ certificate:
     der_file:
       description: A controller file holding the DER certificate (for C(copy) and mokutil).
       type: str
+    pem:
+      description: The certificate in PEM.
+      type: str
 previous:
   description: After C(kmodlab key rotate), the replaced certificate (same fields); else null.
   returned: success

@@ -84,3 +84,12 @@ def test_check_mode_reports_and_writes_nothing(tmp_path):
     res = run([{"path": str(fact), "content": "{}\n"}], check=True)
     assert res["changed"] is True and res["diff"][0]["after"] == "{}\n"
     assert not fact.parent.exists()
+
+
+def test_a_missing_folder_gets_its_dir_mode(tmp_path):
+    """The signing key's folder: created root only, the key 0600 in it."""
+    key = tmp_path / "etc/kmodlab/signing/signing.key"
+    res = run([{"path": str(key), "content": "k\n", "mode": "0600", "dir_mode": "0700"}])
+    assert res["changed"] is True
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
