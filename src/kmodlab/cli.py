@@ -16,6 +16,7 @@ from rich.table import Table
 
 from kmodlab import keys
 from kmodlab.cliutil import clean_errors
+from kmodlab.fleetcli import build_command
 from kmodlab.keycli import key_app
 from kmodlab.lab import image as image_mod
 from kmodlab.lab import inventory as inventory_mod
@@ -29,6 +30,7 @@ vm_app = typer.Typer(no_args_is_help=True, help="Lab VMs: QEMU guests running De
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
 app.add_typer(key_app, name="key")
+app.command("build")(build_command)
 
 console = Console(stderr=True)
 out = Console()
@@ -43,6 +45,14 @@ def _progress(start: float) -> Callable[[str], None]:
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="lab (with build tools) or bare")]
 Release = Annotated[str, typer.Option("--release", help="Debian release")]
+Kernel = Annotated[
+    str | None,
+    typer.Option(
+        "--kernel",
+        help="pin the image to this kernel ABI of the release (e.g. 6.1.0-50-amd64); "
+        "default: the release's current kernel",
+    ),
+]
 
 
 @image_app.command("build")
@@ -50,10 +60,11 @@ Release = Annotated[str, typer.Option("--release", help="Debian release")]
 def image_build(
     profile: Profile = "lab",
     release: Release = "bookworm",
+    kernel: Kernel = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
 ) -> None:
     """Build (or reuse) the Debian guest image for a profile, as root."""
-    recipe = image_mod.Recipe.for_profile(profile, release)
+    recipe = image_mod.Recipe.for_profile(profile, release, kernel)
     img = image_mod.build(recipe, force=force, progress=_progress(time.monotonic()))
     out.print(str(img.path))
 
@@ -62,17 +73,18 @@ def image_build(
 @clean_errors
 def image_list() -> None:
     """Images in the cache, and whether they match the current recipes."""
-    current = {image_mod.Recipe.for_profile(p).name for p in image_mod.PROFILES}
     table = Table("image", "profile", "kernel", "current", "size", "built")
     for meta_path in sorted(image_mod.images_dir().glob("*.json")):
         meta = json.loads(meta_path.read_text())
+        pinned = meta.get("kernel_pinned") or None
+        current = image_mod.Recipe.for_profile(meta["profile"], meta["release"], pinned).name
         qcow = meta_path.with_suffix(".qcow2")
         size = f"{qcow.stat().st_size / 2**20:.0f} MiB" if qcow.exists() else "missing"
         table.add_row(
             meta["name"],
             meta["profile"],
             meta["kernel_release"],
-            "yes" if meta["name"] in current else "no",
+            "yes" if meta["name"] == current else "no",
             size,
             meta["built_at"],
         )
@@ -101,6 +113,7 @@ def vm_up(
             "--profile", "-p", help="lab (with build tools) or bare; new VMs: lab by default"
         ),
     ] = None,
+    kernel: Kernel = None,
     secure_boot: Annotated[bool, typer.Option("--secure-boot", help="OVMF Secure Boot")] = False,
     enroll_key: Annotated[
         list[Path] | None,
@@ -142,6 +155,7 @@ def vm_up(
     req = vms_mod.UpRequest(
         names=names,
         profile=profile,
+        kernel=kernel,
         secure_boot=secure_boot,
         memory=memory,
         cpus=cpus,

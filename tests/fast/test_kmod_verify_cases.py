@@ -177,3 +177,53 @@ def test_which_tests_apply_to_which_cases(exp_dir: Path):
     assert applied["test_modinfo"] == present
     assert len(applied["test_functional"]) == 2
     assert {t.kmodlab_check["stage"] for t in tests.values()} == {"host", *suite.STAGES}
+
+
+def test_delivery_round_trip_and_default(tmp_path: Path):
+    write_expectation(tmp_path, "fleet1", KERNEL, [], None, "deb")
+    assert json.loads((tmp_path / "fleet1.json").read_text())["delivery"] == "deb"
+    assert load_expectation(tmp_path, "fleet1").delivery == "deb"
+    write_expectation(tmp_path, "lab1", KERNEL, [])
+    assert load_expectation(tmp_path, "lab1").delivery == "dkms"
+    # written before the field existed, or null: DKMS, today's behaviour
+    for value in ("drop", None):
+        data = json.loads((tmp_path / "lab1.json").read_text())
+        data.pop("delivery") if value == "drop" else data.__setitem__("delivery", value)
+        (tmp_path / "lab1.json").write_text(json.dumps(data))
+        assert load_expectation(tmp_path, "lab1").delivery == "dkms"
+
+
+@pytest.mark.parametrize("delivery", ["rpm", "DEB", 1])
+def test_unknown_delivery_is_refused(tmp_path: Path, delivery):
+    write_expectation(tmp_path, "lab1", KERNEL, [], None, delivery)
+    with pytest.raises(ExpectationError, match=r"field delivery: .* expected one of dkms, deb"):
+        load_expectation(tmp_path, "lab1")
+
+
+def test_each_delivery_gets_its_own_build_and_install_checks(tmp_path: Path):
+    recs = resolve(MODULES, SELECTION)
+    write_expectation(tmp_path, "lab1", KERNEL, recs)
+    write_expectation(tmp_path, "fleet1", KERNEL, recs, None, "deb")
+    cases = build_cases([("lab1", None), ("fleet1", None)], tmp_path)
+    tests = {name: getattr(suite, name) for name in suite.__all__ if name.startswith("test_")}
+    applied = {
+        name: sorted(c.id for c in cases if suite._applies(func.kmodlab_check, c))
+        for name, func in tests.items()
+    }
+    kept = ["base", "gadget", "hello-5", "memory"]
+    for via, host in (("dkms", "lab1"), ("package", "fleet1")):
+        assert applied[f"test_{via}_built"] == [f"{host}/{m}" for m in kept]
+        assert applied[f"test_{via}_installed"] == [f"{host}/{m}" for m in kept]
+        assert applied[f"test_{via}_removed"] == [f"{host}/user"]
+    assert applied["test_module_file"] == [f"{h}/{m}" for h in ("fleet1", "lab1") for m in kept]
+    assert tests["test_package_built"].kmodlab_check["stage"] == "built"
+    assert tests["test_package_installed"].kmodlab_check["stage"] == "installed"
+    assert tests["test_package_removed"].kmodlab_check["stage"] == "installed"
+    # the selection rules and expected_checks agree on both hosts
+    for case in cases:
+        if case.kind == "module":
+            for name, func in tests.items():
+                assert suite._wanted(name, case) == suite._applies(func.kmodlab_check, case), (
+                    name,
+                    case.id,
+                )

@@ -889,3 +889,260 @@ def test_host_with_signing_needs_a_readable_secure_boot_state_when_trusted():
     assert host_problems(lambda d: d.update(secure_boot=no_efi)) == []
     sb_off = {"efi": True, "secure_boot": False, "setup_mode": False, "lockdown": "none"}
     assert host_problems(lambda d: d.update(secure_boot=sb_off)) == []
+
+
+# ------------------------------------------------------------------ package (deb) hosts
+
+KMODLAB = f"/lib/modules/{KERNEL}/updates/kmodlab"
+VERSIONS = {"hello-5": "1.0.0", "gadget": "0.3.0", "memory": "1.0.0", "base": "1.0.0"}
+
+
+def pkg(name: str, kernel: str = KERNEL) -> str:
+    return f"kmodlab-{name}-modules-{kernel}"
+
+
+def ran(stdout: str = "", rc: int = 0, stderr: str = "") -> dict[str, Any]:
+    return {"rc": rc, "stdout": stdout, "stderr": stderr}
+
+
+def deb_healthy() -> dict[str, Any]:
+    """The healthy host with its modules delivered as packages: no DKMS; dpkg shows each
+    present or config module's package installed, shipping updates/kmodlab/KMOD.ko."""
+    data = healthy()
+    del data["dkms"]
+    rec = recs()
+    for name in VERSIONS:
+        kmod = rec[name]["kmod"]
+        data["commands"][f"modinfo:{name}"]["stdout"] = MODINFO.format(k=KERNEL, n=kmod).replace(
+            "updates/dkms", "updates/kmodlab"
+        )
+    query = "".join(f"{pkg(n)}\t{v}\tii \n" for n, v in VERSIONS.items())
+    # user is absent: its package left nothing but (none) config files; an old kernel's too
+    query += f"{pkg('user')}\t2.0.1\trc \n{pkg('user', '5.10.0-1-amd64')}\t\tun \n"
+    data["dpkg"] = {
+        "query": ran(query),
+        "list": {
+            pkg(n): ran(f"/.\n/lib\n{KMODLAB}\n{KMODLAB}/{rec[n]['kmod']}.ko\n") for n in VERSIONS
+        },
+        "verify": {pkg(n): ran() for n in VERSIONS},
+    }
+    for suffix in (".ko", ".ko.xz", ".ko.gz", ".ko.zst"):
+        data["stat"][f"{KMODLAB}/user{suffix}"] = NONE
+    return data
+
+
+def deb_problems(data: dict[str, Any], name: str, check) -> list[str]:
+    return check(recs()[name], Observation(data), KERNEL)
+
+
+def deb_module_file(record, obs, kernel):
+    return checks.module_file(record, obs, kernel, "deb")
+
+
+DEB_CHECKS = [
+    (name, check)
+    for name in VERSIONS
+    for check in (checks.package_built, checks.package_installed, deb_module_file)
+] + [("user", checks.package_removed), ("hello-5", checks.loaded)]
+
+
+@pytest.mark.parametrize(
+    ("name", "check"), DEB_CHECKS, ids=[f"{n}-{c.__name__}" for n, c in DEB_CHECKS]
+)
+def test_healthy_package_host_passes(name, check):
+    assert deb_problems(deb_healthy(), name, check) == []
+
+
+def test_a_dkms_host_fails_the_package_checks_and_the_other_way_round():
+    """Each delivery's checks fail on the other's host: neither can pass by accident."""
+    dkms, deb = Observation(healthy()), Observation(deb_healthy())
+    hello = recs()["hello-5"]
+    assert checks.package_installed(hello, dkms, KERNEL) == [
+        "dpkg-query could not list the kmodlab packages: dpkg-query was not run"
+    ]
+    assert checks.package_built(hello, dkms, KERNEL)
+    assert (
+        "(where the package kmodlab-hello-5-modules-6.1.0-18-amd64 installs it)"
+        in (checks.module_file(hello, dkms, KERNEL, "deb")[0])
+    )
+    assert checks.dkms_built(hello, deb, KERNEL) == [
+        "the DKMS tree could not be read: the DKMS tree was not read"
+    ]
+    assert "(where DKMS installs it)" in checks.module_file(hello, deb, KERNEL)[0]
+
+
+def set_query(text: str):
+    return lambda d: d["dpkg"].__setitem__("query", ran(text))
+
+
+def replace_query(old: str, new: str):
+    return lambda d: d["dpkg"]["query"].update(
+        stdout=d["dpkg"]["query"]["stdout"].replace(old, new)
+    )
+
+
+H5 = pkg("hello-5")
+BROKEN_DEB = [
+    (
+        "hello-5",
+        checks.package_installed,
+        replace_query(f"{H5}\t1.0.0\tii ", ""),
+        f"dpkg knows no package {H5}: hello-5 1.0.0 for kernel {KERNEL} is not installed",
+    ),
+    (
+        "hello-5",
+        checks.package_installed,
+        replace_query(f"{H5}\t1.0.0\tii ", f"{H5}\t1.0.0\tiF "),
+        f"{H5} is iF (install ok half-configured), not installed (ii, install ok installed)",
+    ),
+    (
+        "hello-5",
+        checks.package_installed,
+        replace_query(f"{H5}\t1.0.0\tii ", f"{H5}\t1.0.0\tri "),
+        "is ri (remove ok installed), not installed",
+    ),
+    (
+        "hello-5",
+        checks.package_installed,
+        replace_query(f"{H5}\t1.0.0\tii ", f"{H5}\t1.1.0\tii "),
+        f"{H5} is at version 1.1.0, the manifest says 1.0.0",
+    ),
+    (
+        "hello-5",
+        checks.package_installed,
+        lambda d: d["dpkg"].__setitem__("query", ran(rc=2, stderr="dpkg-query: error: locked")),
+        "dpkg-query could not list the kmodlab packages: dpkg-query exited with 2: dpkg-query: "
+        "error: locked",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["dpkg"]["list"].__setitem__(
+            H5, ran(rc=1, stderr=f"dpkg-query: package '{H5}' is not installed")
+        ),
+        f"dpkg -L {H5} failed: dpkg-query: package '{H5}' is not installed (hello-5 is not "
+        f"installed from a package for {KERNEL})",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["dpkg"]["list"].__setitem__(H5, ran(f"/.\n{KMODLAB}/other.ko\n")),
+        f"{H5} does not ship {KMODLAB}/hello_5.ko (it ships {KMODLAB}/other.ko)",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["commands"]["modinfo:hello-5"].update(
+            stdout=MODINFO.format(k=KERNEL, n="hello_5").replace("updates/dkms", "extra")
+        ),
+        f"modinfo resolves hello_5 to /lib/modules/{KERNEL}/extra/hello_5.ko, which {H5} does "
+        "not ship",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["dpkg"]["verify"].__setitem__(H5, ran(f"??5??????   {KMODLAB}/hello_5.ko\n")),
+        f"{KMODLAB}/hello_5.ko is not the file {H5} shipped (dpkg --verify: ??5??????   "
+        f"{KMODLAB}/hello_5.ko): reinstall the package",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["dpkg"]["verify"].__setitem__(H5, ran(f"missing     {KMODLAB}/hello_5.ko\n")),
+        f"{KMODLAB}/hello_5.ko of {H5} is missing",
+    ),
+    (
+        "hello-5",
+        checks.package_built,
+        lambda d: d["dpkg"].pop("verify"),
+        f"dpkg --verify {H5} was not run",
+    ),
+    (
+        "hello-5",
+        deb_module_file,
+        lambda d: d["commands"]["modinfo:hello-5"].update(
+            stdout=MODINFO.format(k=KERNEL, n="hello-5").replace("updates/dkms", "updates/kmodlab")
+        ),
+        f"modinfo filename is {KMODLAB}/hello-5.ko, not {KMODLAB}/hello_5.ko (where the package "
+        f"{H5} installs it)",
+    ),
+    (
+        "hello-5",
+        deb_module_file,
+        lambda d: d["commands"]["modinfo:hello-5"].update(
+            stdout=MODINFO.format(k="6.1.0-17-amd64", n="hello_5").replace(
+                "updates/dkms", "updates/kmodlab"
+            )
+        ),
+        "vermagic '6.1.0-17-amd64 SMP",
+    ),
+    (
+        "user",
+        checks.package_removed,
+        replace_query(f"{pkg('user')}\t2.0.1\trc ", f"{pkg('user')}\t2.0.1\tii "),
+        f"{pkg('user')} 2.0.1 is still ii (install ok installed): remove it (apt-get purge "
+        f"{pkg('user')})",
+    ),
+    (
+        "user",
+        checks.package_removed,
+        replace_query(f"{pkg('user')}\t2.0.1\trc ", f"{pkg('user')}\t2.0.1\trU "),
+        "is still rU (remove ok unpacked)",
+    ),
+    (
+        "user",
+        checks.package_removed,
+        replace_query(
+            f"{pkg('user', '5.10.0-1-amd64')}\t\tun ",
+            f"{pkg('user', '5.10.0-1-amd64')}\t1.0.0\tii ",
+        ),
+        f"{pkg('user', '5.10.0-1-amd64')} 1.0.0 is still ii",
+    ),
+    (
+        "user",
+        checks.package_removed,
+        set_stat(f"{KMODLAB}/user.ko", f(0o644)),
+        f"{KMODLAB}/user.ko exists (removing the package deletes it)",
+    ),
+    (
+        "user",
+        checks.package_removed,
+        lambda d: d["dpkg"].pop("query"),
+        "dpkg-query could not list the kmodlab packages: dpkg-query was not run",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "check", "change", "words"),
+    BROKEN_DEB,
+    ids=[f"{b[0]}-{b[1].__name__}-{b[3][:30]}" for b in BROKEN_DEB],
+)
+def test_broken_package_host_fails(name, check, change, words):
+    data = deb_healthy()
+    change(data)
+    found = deb_problems(data, name, check)
+    assert found, f"{check.__name__} passed on a broken host"
+    assert any(words in p for p in found), found
+
+
+def test_package_removed_reads_only_the_modules_own_packages():
+    """Another module whose name starts the same (user-extra, user-modules-x) is not
+    this module's package, whatever its state."""
+    data = deb_healthy()
+    others = f"kmodlab-user-extra-modules-{KERNEL}\t1.0\tii \n"
+    others += f"kmodlab-user-modules-x-modules-{KERNEL}\t1.0\tii \n"
+    data["dpkg"]["query"]["stdout"] += others
+    assert deb_problems(data, "user", checks.package_removed) == []
+
+
+def test_rollout_state_as_the_collector_extracts_it():
+    data = deb_healthy()
+    assert checks.rollout_state(Observation(data)) is None
+    data["rollout"] = {"found": False}
+    assert checks.rollout_state(Observation(data)) is None
+    good = {"hello-5": {"version": "1.0.0", "signer": "kmodlab", "when": "2025-01-01T10:00:00Z"}}
+    data["rollout"] = {"found": True, "good": good, "pending": ["gadget"]}
+    assert checks.rollout_state(Observation(data)) == {"good": good, "pending": ["gadget"]}
+    data["rollout"] = {"error": "/etc/ansible/facts.d/kmodlab_rollout.fact: not JSON"}
+    assert checks.rollout_state(Observation(data)) == data["rollout"]

@@ -152,7 +152,8 @@ def test_the_collector_zip_imports_the_module_utils():
     package = "ansible_collections/kmodlab/lab/plugins/module_utils"
     assert names[0] == "__main__.py"
     assert {
-        f"{package}/{m}.py" for m in ("buildid", "dkms_tree", "files", "kernel_log", "secure_boot")
+        f"{package}/{m}.py"
+        for m in ("buildid", "dkms_tree", "dpkg_status", "files", "kernel_log", "secure_boot")
     } <= set(names)
     # params comes along because kernel_log imports it (found as AnsiballZ finds them)
     assert f"{package}/params.py" in names and f"{package}/__init__.py" in names
@@ -207,3 +208,70 @@ def test_collector_source_runs_the_same_zip(tmp_path: Path):
         cwd=tmp_path,
     )
     assert json.loads(proc.stdout)["list"] == {str(tmp_path): []}
+
+
+def test_the_request_per_delivery(tmp_path: Path):
+    recs = resolve(MODULES, SELECTION)
+    dkms = build_request(Expectation("lab1", KERNEL, recs, tmp_path / "lab1.json"))
+    deb = build_request(Expectation("fleet1", KERNEL, recs, tmp_path / "f.json", None, "deb"))
+    # a DKMS host: its DKMS tree, nothing of dpkg (no slower than before)
+    assert dkms["dkms"]["tree"] == "/var/lib/dkms" and "dpkg" not in dkms
+    assert "rollout" not in dkms and observe.ROLLOUT_FACT not in dkms["read"]
+    # a package host: dpkg for the running kernel's package of each present or config
+    # module, its rollout state; nothing of DKMS
+    assert "dkms" not in deb
+    assert set(deb["dpkg"]) == {"packages"}
+    assert sorted(deb["dpkg"]["packages"]) == [
+        f"kmodlab-{m}-modules-{KERNEL}" for m in ("base", "gadget", "hello-5", "memory")
+    ]
+    assert deb["rollout"] == observe.ROLLOUT_FACT
+    kmodlab = f"/lib/modules/{KERNEL}/updates/kmodlab"
+    assert f"{kmodlab}/hello_5.ko" in deb["build_id"]
+    assert not any("/updates/dkms/" in p for p in deb["build_id"] + deb["stat"])
+    assert f"{kmodlab}/user.ko" in deb["stat"]
+    assert not any(p.startswith(("/var/lib/dkms", "/usr/src")) for p in deb["stat"])
+
+
+def test_the_collector_asks_dpkg_and_reads_the_rollout_state(tmp_path: Path):
+    """The dpkg answers are dpkg's own (module_utils/dpkg_status.py builds the argv); the
+    rollout fact is cut down to what the report shows, on the host."""
+    record = {"params": {}, "manifest": {"name": "hello-5"}, "state": "present"}
+    fact = {
+        "schema": 1,
+        "good": {
+            "hello-5": {
+                "version": "1.1.0",
+                "signer": "kmodlab",
+                "sig_key": "AA:BB",
+                "when": "2025-01-01T10:00:00Z",
+                "packages": {KERNEL: {"package": "p", "file": "f", "sha256": "0" * 64}},
+                "record": {**record, "manifest": {"description": "x" * 70000}},
+            }
+        },
+        "pending": {"gadget": {"version": "0.4.0"}},
+        "history": [],
+    }
+    path = tmp_path / "kmodlab_rollout.fact"
+    path.write_text(json.dumps(fact))  # more than read's 64 KiB limit
+    request = {"dpkg": {"packages": ["kmodlab-none-modules-0"]}, "rollout": str(path)}
+    out = run_collector(request, tmp_path)
+    assert out["rollout"] == {
+        "found": True,
+        "good": {
+            "hello-5": {"version": "1.1.0", "signer": "kmodlab", "when": "2025-01-01T10:00:00Z"}
+        },
+        "pending": ["gadget"],
+    }
+    dpkg = out["dpkg"]
+    assert set(dpkg) == {"query", "list", "verify"}
+    if dpkg["query"]["rc"] != 127:  # this machine has dpkg: nothing of kmodlab installed
+        assert dpkg["query"]["rc"] == 1 and "no packages found" in dpkg["query"]["stderr"]
+        assert dpkg["list"]["kmodlab-none-modules-0"]["rc"] != 0
+        assert dpkg["verify"]["kmodlab-none-modules-0"]["rc"] == 1
+    path.unlink()
+    assert run_collector({"rollout": str(path)}, tmp_path)["rollout"] == {"found": False}
+    path.write_text("{not json")
+    assert (
+        "not the rollout state's JSON"
+        in run_collector({"rollout": str(path)}, tmp_path)["rollout"]["error"]
+    )

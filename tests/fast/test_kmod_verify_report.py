@@ -310,3 +310,54 @@ def test_signing_lines_say_what_the_host_shows():
     assert rep.signing_lines(r)[0].startswith("lab1: Secure Boot state not observed")
     host["signing"] = None
     assert rep.signing_lines(r) == []
+
+
+def rollout_report() -> dict:
+    """fleet1 delivers by package and has a rollout state; lab1 is a DKMS host."""
+    r = rep.new_report()
+    good = {
+        "gadget": {"version": "0.3.0", "signer": "kmodlab", "when": "2025-01-02T09:00:00Z"},
+        "hello-5": {"version": "1.1.0", "signer": "kmodlab", "when": "2025-01-01T10:00:00Z"},
+        "user": {"version": None, "signer": None, "when": "2025-01-03T08:00:00Z"},
+    }
+    rollout = {"good": good, "pending": ["hello-5", "memory"]}
+    fleet = {"delivery": "deb", "rollout": rollout}
+    rep.add_result(r, meta("test_host", "host", module=None, host="fleet1"), "pass", None, fleet)
+    rep.add_result(r, meta("test_package_built", "built", host="fleet1"), "pass", None)
+    rep.add_result(r, meta("test_package_installed", "installed", host="fleet1"), "fail", "x")
+    lab = {"delivery": "dkms", "rollout": None}
+    rep.add_result(r, meta("test_host", "host", module=None), "pass", None, lab)
+    rep.add_result(r, meta("test_dkms_built", "built"), "pass", None)
+    return rep.finish(r, 1)
+
+
+def test_delivery_and_rollout_facts(tmp_path: Path):
+    r = rollout_report()
+    fleet1, lab1 = r["hosts"]
+    assert fleet1["delivery"] == "deb" and fleet1["rollout"]["good"]["hello-5"]["version"]
+    assert lab1["delivery"] == "dkms" and lab1["rollout"] is None
+    # the built and installed columns hold either delivery's checks
+    (hello,) = fleet1["modules"]
+    assert hello["stages"]["built"] == "pass" and hello["stages"]["installed"] == "fail"
+    assert rep.rollout_lines(r) == [
+        "fleet1/gadget: 0.3.0 signed by 'kmodlab', since 2025-01-02T09:00:00Z",
+        "fleet1/hello-5: 1.1.0 signed by 'kmodlab', since 2025-01-01T10:00:00Z "
+        "(a rollout is pending)",
+        "fleet1/user: removed, since 2025-01-03T08:00:00Z",
+        "fleet1/memory: rolled out, not yet gated (pending)",
+    ]
+    lines = rep.render_text(r).splitlines()
+    at = lines.index("Rollout:")
+    assert lines[at + 1].startswith("fleet1/gadget: 0.3.0") and lines.index("Failures:") > at
+    fleet1["rollout"] = {"error": "/etc/ansible/facts.d/kmodlab_rollout.fact: cannot read: x"}
+    assert rep.rollout_lines(r) == [
+        "fleet1: the rollout state cannot be read: /etc/ansible/facts.d/kmodlab_rollout.fact: "
+        "cannot read: x"
+    ]
+    fleet1["rollout"] = None
+    assert rep.rollout_lines(r) == [
+        "fleet1: no rollout state (packages not installed by a rollout)"
+    ]
+    # DKMS hosts (and reports from before the field) show no rollout section
+    fleet1["delivery"] = None
+    assert rep.rollout_lines(r) == [] and "Rollout:" not in rep.render_text(r)

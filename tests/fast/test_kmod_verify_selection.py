@@ -75,9 +75,32 @@ def test_expected_checks_from_the_manifest():
             assert set(trusted) - set(expected[name]) == {"test_signature", "test_taint"}
         else:
             assert signed == trusted == expected[name]
-    # every test of the suite is called for by some state
+    # a package host (deb): the package checks instead of DKMS's, all else the same
+    dkms_only = {"test_dkms_built", "test_dkms_installed", "test_dkms_removed"}
+    package = {"test_package_built", "test_package_installed", "test_package_removed"}
+    deb = {name: suite.expected_checks(rec, None, "deb") for name, rec in recs.items()}
+    assert deb["user"] == ["test_package_removed", "test_not_loaded", "test_persistence"]
+    assert deb["base"] == [
+        "test_package_built",
+        "test_package_installed",
+        "test_module_file",
+        "test_persistence",
+    ]
+    for name, rec in recs.items():
+        assert suite.expected_checks(rec, None, "dkms") == expected[name]
+        assert not set(deb[name]) & dkms_only and not set(expected[name]) & package
+        swap = {"test_dkms_built": "test_package_built"}
+        swap |= {"test_dkms_installed": "test_package_installed"}
+        swap |= {"test_dkms_removed": "test_package_removed"}
+        assert deb[name] == [swap.get(t, t) for t in expected[name]]
+        signed = suite.expected_checks(rec, SIGNING, "deb")
+        assert set(signed) - set(deb[name]) == set(suite.expected_checks(rec, SIGNING)) - set(
+            expected[name]
+        )
+    # every test of the suite is called for by some state and delivery
     tests = {n for n in suite.__all__ if n.startswith("test_")}
     called = {t.split("[")[0] for names in expected.values() for t in names} | {"test_host"}
+    called |= {t.split("[")[0] for names in deb.values() for t in names}
     assert called | {"test_signature", "test_taint"} == tests
 
 
@@ -90,11 +113,11 @@ SIGNING = {
 
 
 def run_suite(
-    tmp: Path, body: str, *args: str, signing: dict | None = None
+    tmp: Path, body: str, *args: str, signing: dict | None = None, delivery: str = "dkms"
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the suite from a test module that first runs ``body``; return the report."""
     write_expectation(
-        tmp / "exp", "local", os.uname().release, resolve(MODULES, SELECTION), signing
+        tmp / "exp", "local", os.uname().release, resolve(MODULES, SELECTION), signing, delivery
     )
     (tmp / "test_suite.py").write_text(
         "from kmodlab.verify import checks, suite\n"
@@ -208,6 +231,42 @@ def test_the_suite_with_signing_runs_and_reports_the_signing_checks(tmp_path: Pa
     text = (tmp_path / "report" / "report.txt").read_text()
     assert "Signing:" in text.splitlines()
     assert "local/hello-5 [signed] test_signature: modinfo -k" in text
+
+
+def test_a_package_host_runs_the_package_checks_and_reports_its_delivery(tmp_path: Path):
+    """delivery deb: the package checks run in the built and installed stages, the DKMS
+    ones do not; nothing is installed here, so every built and installed check of a
+    present or config module fails, saying which package it looked for."""
+    proc, report = run_suite(tmp_path, "", delivery="deb")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    recs = {r["name"]: r for r in resolve(MODULES, SELECTION)}
+    (host,) = report["hosts"]
+    assert host["delivery"] == "deb"
+    # this machine has no rollout state fact (a kmodlab rollout never ran here)
+    assert host["rollout"] is None
+    kernel = os.uname().release
+    for mod in host["modules"]:
+        ran = sorted(f"{c['test']}[{c['name']}]" if c["name"] else c["test"] for c in mod["checks"])
+        assert ran == sorted(suite.expected_checks(recs[mod["name"]], None, "deb")), mod["name"]
+        assert not any(c["test"].startswith("test_dkms_") for c in mod["checks"])
+        found = {c["kind"]: c for c in mod["checks"]}
+        package = f"kmodlab-{mod['name']}-modules-{kernel}"
+        if mod["state"] == "absent":
+            assert found["package_removed"]["stage"] == "installed"
+            continue
+        assert mod["stages"]["built"] == mod["stages"]["installed"] == "fail", mod["name"]
+        assert package in found["package_built"]["message"]
+        assert package in found["package_installed"]["message"]
+    text = (tmp_path / "report" / "report.txt").read_text()
+    assert "Rollout:" in text.splitlines()
+    assert "local: no rollout state (packages not installed by a rollout)" in text
+
+
+def test_a_dkms_host_reports_its_delivery_and_no_rollout(tmp_path: Path):
+    _proc, report = run_suite(tmp_path, "", "-k", "test_host")
+    (host,) = report["hosts"]
+    assert host["delivery"] == "dkms" and host["rollout"] is None
+    assert "Rollout:" not in (tmp_path / "report" / "report.txt").read_text()
 
 
 NOT_OBSERVABLE = """

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +57,8 @@ BASE_PACKAGES = (
     "iproute2",
     "less",
 )
+# A Debian kernel ABI as in package names: linux-image-6.1.0-50-amd64.
+KERNEL_ABI_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-[a-z0-9]+$")
 # Installed from all suites (security has the current kernel ABI), without recommends.
 BOOT_PACKAGES = ("linux-image-amd64", "shim-signed", "grub-efi-amd64-signed")
 # The lab profile also carries the build tool chain, because installing it inside an
@@ -89,22 +92,40 @@ class Recipe:
     root_gib: int = ROOT_GIB
     version: int = RECIPE_VERSION
     guest_files: dict[str, str] = field(default_factory=dict)
+    # A pinned kernel ABI (e.g. 6.1.0-50-amd64, an older one of the release), or "" for
+    # the release's current kernel (linux-image-amd64 from all suites).
+    kernel: str = ""
 
     @classmethod
-    def for_profile(cls, profile: str = "lab", release: str = "bookworm") -> Recipe:
+    def for_profile(
+        cls, profile: str = "lab", release: str = "bookworm", kernel: str | None = None
+    ) -> Recipe:
         if release not in RELEASES:
             raise LabError(f"unknown release {release!r}: supported: {', '.join(RELEASES)}")
         if profile not in PROFILES:
             raise LabError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+        boot = BOOT_PACKAGES
+        if kernel:
+            if not KERNEL_ABI_RE.match(kernel):
+                raise LabError(
+                    f"kernel {kernel!r} is not a Debian kernel ABI such as 6.1.0-50-amd64 "
+                    "(`apt-cache search ^linux-image-6` lists them)"
+                )
+            boot = tuple(f"linux-image-{kernel}" if p == "linux-image-amd64" else p for p in boot)
         return cls(
             release=release,
             profile=profile,
+            boot_packages=boot,
             profile_packages=LAB_PACKAGES if profile == "lab" else (),
             guest_files=guest_files(),
+            kernel=kernel or "",
         )
 
     def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if not self.kernel:
+            del fields["kernel"]  # unpinned recipes hash as before pinning existed
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def base_digest(self) -> str:
@@ -114,7 +135,8 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        return f"{self.release}-{self.profile}-{self.digest()}"
+        pinned = f"-{self.kernel}" if self.kernel else ""
+        return f"{self.release}-{self.profile}{pinned}-{self.digest()}"
 
 
 def guest_files() -> dict[str, str]:
@@ -155,13 +177,14 @@ def find_image(recipe: Recipe) -> Image | None:
     return None
 
 
-def require_image(profile: str, release: str = "bookworm") -> Image:
-    recipe = Recipe.for_profile(profile, release)
+def require_image(profile: str, release: str = "bookworm", kernel: str | None = None) -> Image:
+    recipe = Recipe.for_profile(profile, release, kernel)
     image = find_image(recipe)
     if image is None:
+        pin = f" --kernel {kernel}" if kernel else ""
         raise LabError(
-            f"no {release}/{profile} image built for the current recipe: "
-            f"run `kmodlab image build --profile {profile}` (as root)"
+            f"no {release}/{profile}{' ' + kernel if kernel else ''} image built for the "
+            f"current recipe: run `kmodlab image build --profile {profile}{pin}` (as root)"
         )
     return image
 
@@ -253,7 +276,7 @@ def _build(recipe: Recipe, work: Path, progress: Progress) -> Image:
     stages = _Stages(progress)
     log = work / "build.log"
     root = work / "root"
-    stage_tar = cache_dir() / "stages" / f"{recipe.release}-base-{recipe.base_digest()}.tar"
+    stage_tar = stage_tar_path(recipe)
     try:
         with stages.stage("debootstrap"):
             _debootstrap(recipe, root, stage_tar, log)
@@ -281,6 +304,7 @@ def _build(recipe: Recipe, work: Path, progress: Progress) -> Image:
         "profile": recipe.profile,
         "recipe_hash": recipe.digest(),
         "kernel_release": kernel,
+        "kernel_pinned": recipe.kernel,
         "headers_package": f"linux-headers-{kernel}",
         "guest_user": GUEST_USER,
         "root_uuid": root_uuid,
@@ -297,6 +321,49 @@ def _build(recipe: Recipe, work: Path, progress: Progress) -> Image:
     os.replace(final.with_suffix(".qcow2.tmp"), final)
     progress(f"image: {final} (kernel {kernel}, {meta['build_seconds']} s)")
     return Image(final, meta)
+
+
+def stage_tar_path(recipe: Recipe) -> Path:
+    """Where the debootstrap stage of ``recipe`` is cached (shared by its profiles)."""
+    return cache_dir() / "stages" / f"{recipe.release}-base-{recipe.base_digest()}.tar"
+
+
+def base_stage_tar(release: str = "bookworm", progress: Progress = print) -> Path:
+    """The cached debootstrap stage tar of ``release`` (minbase with BASE_PACKAGES), made
+    when missing (needs root and debootstrap). The container builder imports it."""
+    recipe = Recipe.for_profile("bare", release)
+    stage_tar = stage_tar_path(recipe)
+    if stage_tar.is_file():
+        return stage_tar
+    if os.geteuid() != 0:
+        raise LabError(
+            f"making the {release} debootstrap stage ({stage_tar}) needs root: run as root"
+        )
+    require_tools("debootstrap", "tar")
+    tmp_root = cache_dir() / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
+    try:
+        progress(f"debootstrap {release} (once; cached as {stage_tar}) ...")
+        _debootstrap(recipe, work / "root", stage_tar, work / "debootstrap.log")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return stage_tar
+
+
+def apt_sources(release: str, current: str = "") -> str:
+    """The sources.list of a real Debian host: the mirror of ``current`` (debootstrap's
+    sources.list text; deb.debian.org when it names none), with updates and security."""
+    mirror = "http://deb.debian.org/debian"
+    words = current.split()
+    if len(words) >= 2 and words[0] == "deb":
+        mirror = words[1]
+    security = mirror.rstrip("/").rsplit("/", 1)[0] + "/debian-security"
+    return (
+        f"deb {mirror} {release} main\n"
+        f"deb {mirror} {release}-updates main\n"
+        f"deb {security} {release}-security main\n"
+    )
 
 
 def _debootstrap(recipe: Recipe, root: Path, stage_tar: Path, log: Path) -> None:
@@ -322,16 +389,7 @@ def _debootstrap(recipe: Recipe, root: Path, stage_tar: Path, log: Path) -> None
 
 def _sources(root: Path, release: str) -> str:
     """A real Debian host's sources: debootstrap's mirror, with updates and security."""
-    mirror = "http://deb.debian.org/debian"
-    current = (root / "etc/apt/sources.list").read_text().split()
-    if len(current) >= 2 and current[0] == "deb":
-        mirror = current[1]
-    security = mirror.rstrip("/").rsplit("/", 1)[0] + "/debian-security"
-    return (
-        f"deb {mirror} {release} main\n"
-        f"deb {mirror} {release}-updates main\n"
-        f"deb {security} {release}-security main\n"
-    )
+    return apt_sources(release, (root / "etc/apt/sources.list").read_text())
 
 
 def _install_packages(recipe: Recipe, root: Path, log: Path) -> str:
@@ -345,6 +403,8 @@ def _install_packages(recipe: Recipe, root: Path, log: Path) -> str:
     if len(kernels) != 1:
         raise LabError(f"expected one kernel in the image, found {kernels}")
     kernel = kernels[0]
+    if recipe.kernel and kernel != recipe.kernel:
+        raise LabError(f"the image has kernel {kernel}, not the pinned {recipe.kernel}")
     if recipe.profile_packages:
         pkgs = " ".join((*recipe.profile_packages, f"linux-headers-{kernel}"))
         _chroot(root, f"{apt} install {pkgs}", log)

@@ -362,6 +362,8 @@ class UpRequest:
     names: list[str]
     # None: a stopped VM restarts with its own profile, a new one gets DEFAULT_PROFILE.
     profile: str | None = None
+    # New VMs: the image pinned to this kernel ABI (`kmodlab image build --kernel`).
+    kernel: str | None = None
     secure_boot: bool = False
     memory: int = 2048
     cpus: int = 2
@@ -399,7 +401,9 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
             else (req.profile or DEFAULT_PROFILE)
             for name in req.names
         }
-        images = {p: image_mod.require_image(p) for p in sorted(set(profiles.values()))}
+        images = {
+            p: image_mod.require_image(p, kernel=req.kernel) for p in sorted(set(profiles.values()))
+        }
         accel, why = qemu.choose_accel(next(iter(images.values())).vmlinuz, cache_dir())
         progress(f"acceleration: {accel} ({why})")
         taken = {v.ssh_port for v in vms.values()}
@@ -408,7 +412,11 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
         for name in req.names:
             vm = vms.get(name)
             if vm is not None and vm.state != "failed":
-                if req.enroll_keys or (req.profile and vm.profile != req.profile):
+                if (
+                    req.enroll_keys
+                    or (req.profile and vm.profile != req.profile)
+                    or (req.kernel and vm.kernel != req.kernel)
+                ):
                     raise LabError(
                         f"VM {name!r} exists (profile {vm.profile}); restart it as it is with "
                         f"`kmodlab vm up {name}`, or `kmodlab vm destroy {name}` first"

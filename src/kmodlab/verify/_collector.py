@@ -18,6 +18,15 @@ no decisions: the checks run on the controller (``kmodlab.verify.checks``). The 
     dkms:       {tree, names}: the dkms status entries of these packages, read from the
                 DKMS tree by kmodlab's own reader (module_utils/dkms_tree.py);
                 ``dkms status`` itself costs 25 s for ten packages in a TCG guest
+    dpkg:       {packages} (package hosts only): ``dpkg-query -W`` of every kmodlab
+                package (name, version, status), then ``dpkg -L`` and ``dpkg
+                --verify`` of each listed package; the argv come from
+                module_utils/dpkg_status.py, whose parsers read the answers on the
+                controller
+    rollout:    a path (package hosts only): the rollout state fact, a JSON file that
+                holds whole records and may exceed ``read``'s limit; answered as
+                {"found": false}, {"error"}, or {"found": true, "good": {MODULE:
+                {version, signer, when}}, "pending": [MODULE, ...]}
     kernel_log: true to read the kernel log (module_utils/kernel_log.py: /dev/kmsg,
                 else dmesg, else journalctl -k)
     secure_boot: true to read the Secure Boot state (efi, secure_boot, setup_mode) and
@@ -39,9 +48,17 @@ import sys
 
 from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import read_tree
+from ansible_collections.kmodlab.lab.plugins.module_utils.dpkg_status import (
+    list_argv,
+    query_argv,
+    verify_argv,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import read_file, stat_path
 from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import read_kernel_log
 from ansible_collections.kmodlab.lab.plugins.module_utils.secure_boot import lockdown, secure_boot
+
+# The rollout fact holds whole records (manifests included) of two sets and a history.
+ROLLOUT_LIMIT = 4 * 1024 * 1024
 
 
 def _list(path: str) -> list[str] | None:
@@ -137,6 +154,36 @@ def _dkms(request: dict) -> dict:
     return {"entries": entries}
 
 
+def _dpkg(request: dict) -> dict:
+    packages = request.get("packages", [])
+    return {
+        "query": _run(query_argv()),
+        "list": {p: _run(list_argv(p)) for p in packages},
+        "verify": {p: _run(verify_argv(p)) for p in packages},
+    }
+
+
+def _rollout(path: str) -> dict:
+    entry = read_file(path, ROLLOUT_LIMIT)
+    if not entry["ok"]:
+        if entry["error"] == "No such file or directory":
+            return {"found": False}
+        return {"error": f"{path}: cannot read: {entry['error']}"}
+    try:
+        fact = json.loads(entry["text"])
+        good = fact.get("good") or {}
+        return {
+            "found": True,
+            "good": {
+                str(module): {key: (value or {}).get(key) for key in ("version", "signer", "when")}
+                for module, value in sorted(good.items())
+            },
+            "pending": sorted(fact.get("pending") or {}),
+        }
+    except (ValueError, AttributeError, TypeError) as exc:
+        return {"error": f"{path}: not the rollout state's JSON: {exc}"}
+
+
 def collect(request: dict) -> dict:
     result = {
         "euid": os.geteuid(),
@@ -148,6 +195,10 @@ def collect(request: dict) -> dict:
     }
     if request.get("dkms"):
         result["dkms"] = _dkms(request["dkms"])
+    if request.get("dpkg"):
+        result["dpkg"] = _dpkg(request["dpkg"])
+    if request.get("rollout"):
+        result["rollout"] = _rollout(request["rollout"])
     if request.get("kernel_log"):
         result["kernel_log"] = _kernel_log()
     if request.get("secure_boot"):

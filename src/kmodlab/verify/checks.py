@@ -19,6 +19,11 @@ The signing checks (``signature``, ``taint``, and a part of ``host``) take the
 expectation's ``signing`` mapping (``kmodlab.verify.expectations``): the signer, key
 identifier and certificate fingerprint the modules must be signed with, and whether the
 host's kernel trusts that certificate.
+
+How a module is built and installed depends on the host's delivery: DKMS on the host
+(``dkms_built``, ``dkms_installed``, ``dkms_removed``) or a Debian package built off
+the host (``package_built``, ``package_installed``, ``package_removed``, read with
+``dpkg_status``); ``module_file`` takes the delivery to know where the .ko must be.
 """
 
 from __future__ import annotations
@@ -66,12 +71,15 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.secure_boot import (
     efivar_path,
 )
 
+from kmodlab.fleet.names import install_dir, package_name
 from kmodlab.verify.observe import (
     DKMS_TREE,
     SOURCE_ROOT,
     Observation,
     build_id_path,
+    host_package,
     installed_files,
+    module_dir,
     param_path,
     sys_module,
     taint_path,
@@ -182,22 +190,30 @@ def module_signature(record: dict[str, Any], obs: Observation) -> dict[str, str 
     return modinfo_signature(blocks[0] if blocks else {})
 
 
-def module_file(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+def module_file(
+    record: dict[str, Any], obs: Observation, kernel: str, delivery: str = "dkms"
+) -> list[str]:
+    """modinfo finds the module where its delivery installs it: DKMS's folder (any of
+    its names and compressions), or exactly the package's ``updates/kmodlab/KMOD.ko``;
+    its vermagic is the running kernel's."""
     res = obs.command(f"modinfo:{record['name']}")
     if res["rc"] != 0:
         return [f"modinfo -k {kernel} {record['kmod']} failed: {res['stderr'].strip()}"]
     fields = modinfo_fields(obs, record)
     problems = []
-    names = "|".join(re.escape(n) for n in sorted({record["name"], record["kmod"]}))
-    where = (
-        rf"^(/usr)?/lib/modules/{re.escape(kernel)}/updates/dkms/(?:{names})\.ko(\.(xz|gz|zst))?$"
-    )
+    folder = re.escape(module_dir(kernel, delivery))
+    if delivery == "deb":
+        where = rf"^(/usr)?{folder}/{re.escape(record['kmod'])}\.ko$"
+        installer = f"where the package {host_package(record, kernel)} installs it"
+        wanted = f"{module_dir(kernel, delivery)}/{record['kmod']}.ko"
+    else:
+        names = "|".join(re.escape(n) for n in sorted({record["name"], record["kmod"]}))
+        where = rf"^(/usr)?{folder}/(?:{names})\.ko(\.(xz|gz|zst))?$"
+        installer = "where DKMS installs it"
+        wanted = f"under {module_dir(kernel, delivery)}/"
     filename = (fields.get("filename") or [""])[0]
     if not re.match(where, filename):
-        problems.append(
-            f"modinfo filename is {filename or 'missing'}, not under "
-            f"/lib/modules/{kernel}/updates/dkms/ (where DKMS installs it)"
-        )
+        problems.append(f"modinfo filename is {filename or 'missing'}, not {wanted} ({installer})")
     vermagic = (fields.get("vermagic") or [""])[0]
     if vermagic.split(" ", 1)[0] != kernel:
         problems.append(f"vermagic {vermagic!r} does not start with the running kernel {kernel}")
@@ -434,6 +450,131 @@ def dkms_removed(record: dict[str, Any], obs: Observation, kernel: str) -> list[
         if problem:
             problems.append(f"{problem} ({why.get(path, 'dkms uninstall deletes it')})")
     return problems
+
+
+# ------------------------------------------------------------------ packages (deb)
+
+
+def _package_entry(
+    record: dict[str, Any], obs: Observation, kernel: str
+) -> tuple[str, dict[str, Any] | None, list[str]]:
+    """(package, its dpkg-query entry or None, problems reading the list)."""
+    package = host_package(record, kernel)
+    found = obs.packages
+    if "error" in found:
+        return package, None, [f"dpkg-query could not list the kmodlab packages: {found['error']}"]
+    return package, found["packages"].get(package), []
+
+
+def package_installed(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    """dpkg shows the running kernel's package of the module installed ("ii", or held
+    there: "hi"), at the record's version."""
+    package, entry, problems = _package_entry(record, obs, kernel)
+    if problems:
+        return problems
+    wanted = f"{record['name']} {record['version']} for kernel {kernel}"
+    if entry is None:
+        return [f"dpkg knows no package {package}: {wanted} is not installed"]
+    if not entry["installed"]:
+        problems.append(
+            f"{package} is {entry['text']}, not installed (ii, install ok installed): "
+            f"{wanted} is not in place"
+        )
+    if entry["version"] != record["version"]:
+        problems.append(
+            f"{package} is at version {entry['version']}, the manifest says {record['version']}"
+        )
+    return problems
+
+
+def package_built(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    """What "built" means for a module built off the host: the host holds the build the
+    package shipped. The running kernel's package lists ``updates/kmodlab/KMOD.ko``
+    (``dpkg -L``), modinfo resolves the module to a file of that package, and the file
+    on disk is the one the package shipped (``dpkg --verify``: present, same MD5)."""
+    package = host_package(record, kernel)
+    ko = f"{install_dir(kernel)}/{record['kmod']}.ko"
+    files, error = obs.package_files(package)
+    if files is None:
+        return [f"{error} ({record['name']} is not installed from a package for {kernel})"]
+    problems = []
+    if ko not in files:
+        shipped = [f for f in files if f.endswith((".ko", ".ko.xz", ".ko.gz", ".ko.zst"))]
+        problems.append(
+            f"{package} does not ship {ko} (it ships {', '.join(shipped) or 'no module'}): "
+            "it was not built as kmodlab builds packages"
+        )
+    res = obs.command(f"modinfo:{record['name']}")
+    filename = (modinfo_fields(obs, record).get("filename") or [""])[0]
+    if filename.startswith("/usr/lib/"):
+        filename = filename[len("/usr") :]
+    if res["rc"] != 0:
+        problems.append(f"modinfo -k {kernel} {record['kmod']} failed: {res['stderr'].strip()}")
+    elif filename not in files:
+        problems.append(
+            f"modinfo resolves {record['kmod']} to {filename or 'no file'}, which {package} "
+            "does not ship: another copy shadows the package's (run depmod, remove the other)"
+        )
+    changed, error = obs.package_verify(package)
+    if changed is None:
+        problems.append(str(error))
+    else:
+        for item in changed:
+            if item["missing"]:
+                problems.append(f"{item['path']} of {package} is missing ({item['line'].strip()})")
+            elif item["digest"] or item["mode"]:
+                problems.append(
+                    f"{item['path']} is not the file {package} shipped (dpkg --verify: "
+                    f"{item['line'].strip()}): reinstall the package"
+                )
+    return problems
+
+
+def _module_packages(record: dict[str, Any], packages: dict[str, Any]) -> list[dict[str, Any]]:
+    """dpkg-query entries of the module's packages for any kernel ABI."""
+    head, tail = package_name(record["name"], "\0").split("\0")
+    found = []
+    for name, entry in sorted(packages.items()):
+        abi = name[len(head) : len(name) - len(tail)] if name.startswith(head) else ""
+        # a kernel release starts with a digit; "-modules-" in it is another module's
+        if abi[:1].isdigit() and "-modules-" not in abi:
+            found.append(entry)
+    return found
+
+
+def package_removed(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
+    """An absent module's packages are gone: dpkg shows none of them (for any kernel)
+    in a state other than not-installed or config-files, and no .ko of it is left in
+    the running kernel's package folder (``updates/kmodlab``)."""
+    problems = []
+    found = obs.packages
+    if "error" in found:
+        problems.append(f"dpkg-query could not list the kmodlab packages: {found['error']}")
+    else:
+        for entry in _module_packages(record, found["packages"]):
+            if not entry["gone"]:
+                problems.append(
+                    f"{entry['package']} {entry['version']} is still {entry['text']}: "
+                    f"remove it (apt-get purge {entry['package']})"
+                )
+    for path in installed_files(record, kernel, "deb"):
+        problem = _gone(obs, path)
+        if problem:
+            problems.append(f"{problem} (removing the package deletes it)")
+    return problems
+
+
+def rollout_state(obs: Observation) -> dict[str, Any] | None:
+    """What the host's rollout state fact (``observe.ROLLOUT_FACT``) says was rolled
+    out: ``{"good": {MODULE: {version, signer, when}}, "pending": [MODULE, ...]}``, as
+    the collector extracts it; None without the fact (or on a DKMS host); ``{"error"}``
+    when it cannot be read or is not the fact's JSON."""
+    found = obs.data.get("rollout")
+    if not isinstance(found, dict) or found.get("found") is False:
+        return None
+    if "error" in found:
+        return {"error": str(found["error"])}
+    return {"good": found.get("good") or {}, "pending": found.get("pending") or []}
 
 
 def _not_loaded(record: dict[str, Any], obs: Observation) -> list[str]:

@@ -5,7 +5,7 @@ kmod_verify's render phase writes one file per host on the controller,
 
     {"schema": 1, "host": "lab1", "kernel": "6.1.0-18-amd64",
      "modules": [<records resolved by kmodlab.lab.selection, in load order>],
-     "signing": null}
+     "signing": null, "delivery": "dkms"}
 
 A record carries the module's state, its wanted parameters and its whole manifest,
 so every check is derived from it and nothing is written per module in the suite.
@@ -15,6 +15,12 @@ must be signed with: ``{"signer": the certificate's CN as modinfo shows it,
 "sig_key": its key identifier as modinfo shows it ("1A:2B:..."), "fingerprint": the
 certificate's SHA-256 (for messages), "trusted": whether the host's kernel trusts the
 certificate (then a loaded module must not carry taint E)}``.
+
+``delivery`` (optional, absent or null: ``"dkms"``) is how the host's modules arrive:
+``"dkms"`` (built and installed by DKMS on the host: the DKMS tree, the .ko under
+``updates/dkms``) or ``"deb"`` (the fleet path: one Debian package per module and kernel
+ABI, built off the host, ``kmodlab.fleet.names``; the .ko under ``updates/kmodlab``). It
+decides which build and install checks a module gets (``kmodlab.verify.suite``).
 
 Each host becomes one host case (the expectation file exists and is valid, the
 kernel is the one it was rendered for) and one module case per record; each
@@ -38,6 +44,8 @@ ENV_EXPECTATIONS = "KMODLAB_VERIFY_EXPECTATIONS"
 ENV_REPORT_DIR = "KMODLAB_VERIFY_REPORT_DIR"
 _RECORD_KEYS = ("name", "kmod", "version", "state", "params", "persist", "manifest")
 _SIGNING_KEYS = {"signer": str, "sig_key": str, "fingerprint": str, "trusted": bool}
+DELIVERIES = ("dkms", "deb")
+DEFAULT_DELIVERY = "dkms"
 
 
 class ExpectationError(ValueError):
@@ -52,6 +60,8 @@ class Expectation:
     path: Path
     # what the modules must be signed with (see the module docstring), or None
     signing: dict[str, Any] | None = None
+    # how the modules arrive: "dkms" or "deb" (see the module docstring)
+    delivery: str = DEFAULT_DELIVERY
 
 
 def expectation_path(directory: str | Path, host: str) -> Path:
@@ -91,7 +101,16 @@ def load_expectation(directory: str | Path, host: str) -> Expectation:
                 "(records come from kmodlab.lab.selection)"
             )
     signing = _signing(path, data.get("signing"))
-    return Expectation(host=host, kernel=kernel, modules=modules, path=path, signing=signing)
+    delivery = data.get("delivery")
+    if delivery is None:
+        delivery = DEFAULT_DELIVERY
+    elif delivery not in DELIVERIES:
+        raise ExpectationError(
+            f"{path}: field delivery: {delivery!r}, expected one of {', '.join(DELIVERIES)}"
+        )
+    return Expectation(
+        host=host, kernel=kernel, modules=modules, path=path, signing=signing, delivery=delivery
+    )
 
 
 def _signing(path: Path, value: Any) -> dict[str, Any] | None:
@@ -124,6 +143,7 @@ def write_expectation(
     kernel: str,
     modules: list[dict[str, Any]],
     signing: dict[str, Any] | None = None,
+    delivery: str = DEFAULT_DELIVERY,
 ) -> Path:
     """Write ``DIR/HOST.json`` the way kmod_verify's render phase does."""
     path = expectation_path(directory, host)
@@ -134,6 +154,7 @@ def write_expectation(
         "kernel": kernel,
         "modules": modules,
         "signing": signing,
+        "delivery": delivery,
     }
     path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
     return path

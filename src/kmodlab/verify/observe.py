@@ -12,6 +12,12 @@ imports (``ansible_collections/kmodlab/lab/plugins/module_utils/*.py``), so the 
 runs the same readers as the modules, imported, not pasted in. A short ``python3 -c``
 bootstrap (``BOOTSTRAP``) gets the zip base64-encoded as its first argument, writes it
 to a private temporary file, runs it with runpy and removes it.
+
+What is asked depends on the host's delivery (``Expectation.delivery``): a DKMS host
+gets its DKMS tree read and the DKMS install folder looked at; a package host (``deb``)
+gets ``dpkg-query -W 'kmodlab-*'``, ``dpkg -L`` and ``dpkg --verify`` of the running
+kernel's package of each present or config module, the package install folder, and its
+rollout state fact (``ROLLOUT_FACT``), and nothing of DKMS.
 """
 
 from __future__ import annotations
@@ -26,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.kmodlab.lab.plugins import module_utils as _module_utils
+from ansible_collections.kmodlab.lab.plugins.module_utils.dpkg_status import (
+    parse_list,
+    parse_verify,
+    read_query,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.kmod_config import config_paths
 from ansible_collections.kmodlab.lab.plugins.module_utils.proc_devices import PROC_DEVICES
 
+from kmodlab.fleet.names import install_dir, package_name
 from kmodlab.verify.expectations import Expectation
 
 COLLECTOR = Path(__file__).with_name("_collector.py")
@@ -40,6 +52,8 @@ DKMS_TREE = "/var/lib/dkms"
 SOURCE_ROOT = "/usr/src"
 INSTALL_DIR = "/lib/modules/{kernel}/updates/dkms"
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+# The rollout's state on a package host (a local fact, JSON; docs in fleet-spec).
+ROLLOUT_FACT = "/etc/ansible/facts.d/kmodlab_rollout.fact"
 # Linux takes at most 128 KiB in one argument (MAX_ARG_STRLEN), and ssh hands the
 # remote shell the whole command as one: the zip must stay well below.
 ARG_LIMIT = 128 * 1024
@@ -137,9 +151,16 @@ def build_id_path(record: dict[str, Any]) -> str:
     return f"{sys_module(record)}/notes/.note.gnu.build-id"
 
 
-def installed_files(record: dict[str, Any], kernel: str) -> list[str]:
-    """Where DKMS installs the module's .ko for ``kernel`` (any name and suffix)."""
-    folder = INSTALL_DIR.format(kernel=kernel)
+def module_dir(kernel: str, delivery: str = "dkms") -> str:
+    """Where the module's .ko is installed for ``kernel``: DKMS's folder, or the one of
+    kmodlab's packages (``deb``)."""
+    return install_dir(kernel) if delivery == "deb" else INSTALL_DIR.format(kernel=kernel)
+
+
+def installed_files(record: dict[str, Any], kernel: str, delivery: str = "dkms") -> list[str]:
+    """Where DKMS (or, ``deb``, the package) installs the module's .ko for ``kernel``
+    (any name and suffix)."""
+    folder = module_dir(kernel, delivery)
     names = sorted({record["name"], record["kmod"]})
     return [f"{folder}/{name}{suffix}" for name in names for suffix in MODULE_SUFFIXES]
 
@@ -148,7 +169,15 @@ def functional_id(record: dict[str, Any], index: int) -> str:
     return f"{record['name']}#{index}"
 
 
+def host_package(record: dict[str, Any], kernel: str) -> str:
+    """The package that delivers the module for ``kernel`` on a ``deb`` host."""
+    return package_name(record["name"], kernel)
+
+
 def build_request(expectation: Expectation) -> dict[str, Any]:
+    deb = expectation.delivery == "deb"
+    kernel = expectation.kernel
+    packages: list[str] = []
     stat: list[str] = []
     read: list[str] = [PROC_DEVICES]
     listing: list[str] = []
@@ -170,6 +199,8 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
             stat.append(path)
             read.append(path)
         if rec["state"] in ("present", "config"):
+            if deb:
+                packages.append(host_package(rec, kernel))
             commands[f"modinfo:{rec['name']}"] = [
                 "modinfo",
                 "-k",
@@ -177,11 +208,13 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
                 rec["kmod"],
             ]
         if rec["state"] == "absent":
-            stat += [f"{DKMS_TREE}/{rec['name']}", f"{SOURCE_ROOT}/{rec['name']}-{rec['version']}"]
-            stat += installed_files(rec, expectation.kernel)
+            if not deb:
+                stat.append(f"{DKMS_TREE}/{rec['name']}")
+                stat.append(f"{SOURCE_ROOT}/{rec['name']}-{rec['version']}")
+            stat += installed_files(rec, kernel, expectation.delivery)
         if rec["state"] != "present":
             continue
-        build_ids += [build_id_path(rec), *installed_files(rec, expectation.kernel)]
+        build_ids += [build_id_path(rec), *installed_files(rec, kernel, expectation.delivery)]
         read.append(taint_path(rec))
         for node in expect.get("dev_nodes") or []:
             stat.append(node["path"])
@@ -204,17 +237,22 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
                     ],
                 }
             )
-    return {
+    request: dict[str, Any] = {
         "stat": list(dict.fromkeys(stat)),
         "read": list(dict.fromkeys(read)),
         "list": list(dict.fromkeys(listing)),
         "build_id": list(dict.fromkeys(build_ids)),
         "commands": commands,
-        "dkms": {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]},
         "kernel_log": True,
         "secure_boot": True,
         "functional": functional,
     }
+    if deb:
+        request["dpkg"] = {"packages": list(dict.fromkeys(packages))}
+        request["rollout"] = ROLLOUT_FACT
+    else:
+        request["dkms"] = {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]}
+    return request
 
 
 class Observation:
@@ -259,6 +297,40 @@ class Observation:
     def dkms(self) -> dict[str, Any]:
         """``{"entries": [...]}`` (dkms status entries of the host's packages) or ``{"error"}``."""
         return self.data.get("dkms") or {"error": "the DKMS tree was not read"}
+
+    @property
+    def packages(self) -> dict[str, Any]:
+        """``{"packages": {name: {package, version, installed, gone, text, ...}}}`` of
+        the host's kmodlab packages as dpkg-query shows them
+        (module_utils/dpkg_status.py), or ``{"error"}``."""
+        found = (self.data.get("dpkg") or {}).get("query")
+        if not isinstance(found, dict):
+            return {"error": "dpkg-query was not run"}
+        return read_query(found["rc"], found["stdout"], found["stderr"])
+
+    def _dpkg(self, kind: str, package: str) -> dict[str, Any] | None:
+        return ((self.data.get("dpkg") or {}).get(kind) or {}).get(package)
+
+    def package_files(self, package: str) -> tuple[list[str] | None, str | None]:
+        """(the paths ``dpkg -L PACKAGE`` lists, None), or (None, why not)."""
+        res = self._dpkg("list", package)
+        if res is None:
+            return None, f"dpkg -L {package} was not run"
+        if res["rc"] != 0:
+            why = res["stderr"].strip() or f"exit status {res['rc']}"
+            return None, f"dpkg -L {package} failed: {why}"
+        return parse_list(res["stdout"]), None
+
+    def package_verify(self, package: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """(the files ``dpkg --verify PACKAGE`` finds changed or missing, None), or (None,
+        why not); dpkg exits 1 and says so when the package is not installed."""
+        res = self._dpkg("verify", package)
+        if res is None:
+            return None, f"dpkg --verify {package} was not run"
+        if res["rc"] != 0:
+            why = res["stderr"].strip() or f"exit status {res['rc']}"
+            return None, f"dpkg --verify {package} failed: {why}"
+        return parse_verify(res["stdout"]), None
 
     def command(self, key: str) -> dict[str, Any]:
         return self.data.get("commands", {}).get(key) or {

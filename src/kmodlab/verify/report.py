@@ -18,6 +18,10 @@ report.json (schema 1; roles/kmod_verify/README.md documents it too)::
                 "lockdown": "integrity",
                 "signing": {"signer": "...", "sig_key": "1A:2B:...",
                             "fingerprint": "...", "trusted": true},
+                "delivery": "deb",
+                "rollout": {"good": {"hello-5": {"version": "1.1.0", "signer": "...",
+                                                 "when": "2025-01-01T10:00:00Z"}},
+                            "pending": []},
                 "checks": [<the host's checks: test_host>],
                 "modules": [{"name": "hello-5", "version": "1.0.0", "state": "present",
                              "stages": {"built": "pass", "installed": "pass",
@@ -52,11 +56,17 @@ What the tests saw besides their outcome comes as facts they record
 UEFI, ``secure_boot`` and ``setup_mode``: the firmware's variables, null when they cannot
 be read) and ``lockdown`` (the kernel's lockdown mode, null without the file), recorded
 by test_host for every host it observed, and ``signing`` (the expectation's signing
-mapping, null without one); a module's ``signature`` (what modinfo shows of its installed
+mapping, null without one), ``delivery`` (how its modules arrive: "dkms" or "deb",
+recorded even when the host cannot be observed) and ``rollout`` (on a "deb" host, what
+its rollout state fact says: per module the version, signer and time of the last set
+that passed its health gate (``good``), and the modules of a rollout not yet gated
+(``pending``); ``{"error"}`` when the fact cannot be read, null without it); a module's
+``signature`` (what modinfo shows of its installed
 file's signature: signer, sig_key, sig_hashalgo, sig_id, all null when unsigned),
 recorded by test_signature (so null without signing expectations). The stage "signed"
 holds test_signature and test_taint: "n/a" (shown as ``-``) without signing
-expectations.
+expectations. The stages "built" and "installed" hold the DKMS checks on a "dkms" host
+and the package checks on a "deb" host.
 
 A host's ``outcome`` is "unreachable" when SSH could not reach it (``unreachable``
 then holds ssh's reason; a host dropped from the play before the suite ran is probed
@@ -82,7 +92,7 @@ SCHEMA = 1
 STAGES = ("built", "installed", "signed", "loaded", "params", "verified")
 # The user property under which a test records facts for the report, and the facts kept.
 FACTS = "kmodlab_facts"
-HOST_FACTS = ("secure_boot", "lockdown", "signing")
+HOST_FACTS = ("secure_boot", "lockdown", "signing", "delivery", "rollout")
 MODULE_FACTS = ("signature",)
 OUTCOMES = ("pass", "fail", "skip", "unobservable", "unreachable")
 _RANK = {"n/a": 0, "skip": 1, "pass": 2, "unobservable": 3, "unreachable": 4, "fail": 5}
@@ -345,6 +355,39 @@ def signing_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rollout_lines(report: dict[str, Any]) -> list[str]:
+    """Per module of a package host, what its rollout state fact says was rolled out
+    (``HOST/MODULE: VERSION signed by SIGNER, since WHEN``), and a line per package host
+    whose fact is missing or unreadable. DKMS hosts have none."""
+    lines = []
+    for host in report.get("hosts", []):
+        if host.get("delivery") != "deb":
+            continue
+        name, rollout = host["host"], host.get("rollout")
+        if not rollout:
+            lines.append(f"{name}: no rollout state (packages not installed by a rollout)")
+            continue
+        if rollout.get("error"):
+            lines.append(f"{name}: the rollout state cannot be read: {rollout['error']}")
+            continue
+        pending = rollout.get("pending") or []
+        for module, good in sorted((rollout.get("good") or {}).items()):
+            # an absent module's entry has no version: its packages were removed
+            what = (
+                f"{good['version']} signed by {good.get('signer')!r}"
+                if good.get("version")
+                else "removed"
+            )
+            lines.append(
+                f"{name}/{module}: {what}, since {good.get('when')}"
+                + (" (a rollout is pending)" if module in pending else "")
+            )
+        for module in pending:
+            if module not in (rollout.get("good") or {}):
+                lines.append(f"{name}/{module}: rolled out, not yet gated (pending)")
+    return lines
+
+
 def write(report: dict[str, Any], directory: str | Path) -> Path:
     """Write report.json and report.txt; return the JSON path."""
     directory = Path(directory)
@@ -424,6 +467,10 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
     if signing:
         parts.append(Text("Signing:", style="bold"))
         parts.extend(Text(line) for line in signing)
+    rollout = rollout_lines(report)
+    if rollout:
+        parts.append(Text("Rollout:", style="bold"))
+        parts.extend(Text(line) for line in rollout)
     lines = failure_lines(report)
     if lines:
         parts.append(Text("Failures:", style="bold red"))
@@ -437,7 +484,8 @@ def render_report(source: str | Path | dict[str, Any], ascii_only: bool = False)
 
 def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
     """The report as plain text (no colours): the table, then one unwrapped line per
-    host with signing expectations, per failure and per check not observable (e.g. for
+    host with signing expectations, per rolled-out module of a package host, per
+    failure and per check not observable (e.g. for
     Ansible's output, where each line becomes a list item)."""
     report = load(source)
     buffer = io.StringIO()
@@ -447,6 +495,7 @@ def render_text(source: str | Path | dict[str, Any], width: int = 120) -> str:
     console.print(table.renderables[0])
     for heading, lines in (
         ("Signing:", signing_lines(report)),
+        ("Rollout:", rollout_lines(report)),
         ("Failures:", failure_lines(report)),
         ("Not observable:", unobservable_lines(report)),
     ):

@@ -28,11 +28,18 @@ What each module is checked for is computed twice: by each test's own selection 
 test, which fails saying so: a selection rule that goes wrong can never make a check
 vanish from a passing run.
 
+How a module is built and installed is checked as the host's ``delivery`` brings it
+(``kmodlab.verify.expectations``): ``dkms`` (the default) by ``test_dkms_built``,
+``test_dkms_installed`` and ``test_dkms_removed``; ``deb`` (the fleet path's packages)
+by ``test_package_built``, ``test_package_installed`` and ``test_package_removed``.
+``test_module_file`` runs for both, looking where the delivery installs the .ko.
+
 The signing checks (``test_signature``, ``test_taint``) run only for hosts whose
 expectation has ``signing`` (``kmodlab.verify.expectations``); ``test_taint`` only when
 it says the kernel trusts the certificate. ``test_host`` and ``test_signature`` record
-what they saw for the report (``record_property(FACTS, {...})``: the host's Secure Boot
-state and lockdown mode, the module file's signature).
+what they saw for the report (``record_property(FACTS, {...})``: the host's delivery,
+Secure Boot state and lockdown mode, on a package host what its rollout state fact says
+was rolled out; the module file's signature).
 
 Hosts come from testinfra's options (``--hosts``, ``--connection``,
 ``--ansible-inventory``, ``--sudo``...), as for any testinfra test; the checks run as
@@ -58,7 +65,7 @@ import pytest
 import testinfra
 
 from kmodlab.verify import checks
-from kmodlab.verify.expectations import Case, build_cases, resolve_directory
+from kmodlab.verify.expectations import DEFAULT_DELIVERY, Case, build_cases, resolve_directory
 from kmodlab.verify.observe import UNREACHABLE, HostUnreachable, Observation, observe, reach
 from kmodlab.verify.report import FACTS
 
@@ -78,6 +85,9 @@ __all__ = [
     "test_modinfo",
     "test_module_file",
     "test_not_loaded",
+    "test_package_built",
+    "test_package_installed",
+    "test_package_removed",
     "test_param_files",
     "test_params",
     "test_persistence",
@@ -111,10 +121,12 @@ def check(
     states: tuple[str, ...] = ("present",),
     applies: Callable[[dict[str, Any]], bool] | None = None,
     signing: str | None = None,
+    delivery: str | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Mark a test with its report stage and the cases it applies to. ``signing``:
     None (any host), "signed" (hosts whose expectation has ``signing``) or "trusted"
-    (those whose ``signing`` says the kernel trusts the certificate). Fixtures the test
+    (those whose ``signing`` says the kernel trusts the certificate). ``delivery``:
+    None (any host), or only hosts with that delivery ("dkms", "deb"). Fixtures the test
     asks for besides ``kmodlab_case`` (``record_property``) are passed on."""
 
     def mark(func: Callable[..., None]) -> Callable[..., None]:
@@ -135,26 +147,33 @@ def check(
             "states": states,
             "applies": applies,
             "signing": signing,
+            "delivery": delivery,
         }
         return run
 
     return mark
 
 
-def expected_checks(record: dict[str, Any], signing: dict[str, Any] | None = None) -> list[str]:
+def expected_checks(
+    record: dict[str, Any],
+    signing: dict[str, Any] | None = None,
+    delivery: str = DEFAULT_DELIVERY,
+) -> list[str]:
     """The tests a module's record calls for, from its state and manifest alone (not
-    from the tests' selection rules), and the host's ``signing`` expectation; a
-    functional check is ``test_functional[NAME]``.
+    from the tests' selection rules), the host's ``signing`` expectation and its
+    ``delivery`` ("dkms" or "deb"); a functional check is ``test_functional[NAME]``.
 
-    absent: DKMS removed it, not loaded, no config files. config: built, installed,
+    absent: DKMS (or dpkg) removed it, not loaded, no config files. config: built,
+    installed (by DKMS, or as a package), the module file where that delivery puts it,
     its files. present: all that, loaded, modinfo, and one test per expect key in use
     (parameters wanted, parameters declared, proc_devices, dev_nodes, sysfs, procfs,
     dmesg load messages), one per functional check; with ``signing``, its signature,
     and its taint when the kernel trusts the certificate.
     """
+    via = "package" if delivery == "deb" else "dkms"
     if record["state"] == "absent":
-        return ["test_dkms_removed", "test_not_loaded", "test_persistence"]
-    tests = ["test_dkms_built", "test_dkms_installed", "test_module_file", "test_persistence"]
+        return [f"test_{via}_removed", "test_not_loaded", "test_persistence"]
+    tests = [f"test_{via}_built", f"test_{via}_installed", "test_module_file", "test_persistence"]
     if record["state"] != "present":
         return tests
     manifest = record["manifest"]
@@ -253,6 +272,10 @@ def _signing(case: Case) -> dict[str, Any] | None:
     return case.expectation.signing if case.expectation is not None else None
 
 
+def _delivery(case: Case) -> str:
+    return case.expectation.delivery if case.expectation is not None else DEFAULT_DELIVERY
+
+
 def _applies(spec: dict[str, Any], case: Case) -> bool:
     if spec["kind"] != case.kind:
         return False
@@ -266,6 +289,8 @@ def _applies(spec: dict[str, Any], case: Case) -> bool:
         return False
     if spec.get("signing") == "trusted" and not (signing or {}).get("trusted"):
         return False
+    if spec.get("delivery") and spec["delivery"] != _delivery(case):
+        return False
     return spec["applies"] is None or bool(spec["applies"](record))
 
 
@@ -275,7 +300,7 @@ def _wanted(test: str, case: Case) -> bool:
         return case.kind == "host" and test == "test_host"
     functional = case.functional
     key = f"{test}[{functional['name']}]" if functional is not None else test
-    return key in expected_checks(case.record, _signing(case))
+    return key in expected_checks(case.record, _signing(case), _delivery(case))
 
 
 def _with_functional(cases: list[Case]) -> list[tuple[Case, bool]]:
@@ -323,7 +348,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 "but the test's selection rule left it out"
             )
         elif not wanted:
-            calls = expected_checks(case.record, _signing(case)) if case.record else ["test_host"]
+            calls = (
+                expected_checks(case.record, _signing(case), _delivery(case))
+                if case.record
+                else ["test_host"]
+            )
             _MISMATCH[(test, case.id)] = (
                 f"{test} was selected, but the manifest does not call for it "
                 f"(it calls for: {', '.join(calls)})"
@@ -430,9 +459,12 @@ def _module(case: Case, func: Callable[[dict[str, Any], Observation, str], list[
 def test_host(kmodlab_case: Case, record_property: Callable[[str, Any], None]) -> None:
     """The expectation file exists and the host runs the kernel it was rendered for;
     when its kernel should trust the signing certificate, its Secure Boot state can be
-    read. Records the Secure Boot state and the lockdown mode for the report."""
+    read. Records the delivery, the Secure Boot state and the lockdown mode for the
+    report, and on a package host what its rollout state fact says was rolled out."""
     if kmodlab_case.extra.get("dropped"):
         _dropped(kmodlab_case)
+    if kmodlab_case.expectation is not None:  # shown even when the host cannot be seen
+        record_property(FACTS, {"delivery": kmodlab_case.expectation.delivery})
     obs = _observation(kmodlab_case)
     expectation = kmodlab_case.expectation
     assert expectation is not None
@@ -440,30 +472,47 @@ def test_host(kmodlab_case: Case, record_property: Callable[[str, Any], None]) -
     record_property(
         FACTS,
         {
+            "delivery": expectation.delivery,
             "secure_boot": {k: state.get(k) for k in ("efi", "secure_boot", "setup_mode")},
             "lockdown": state.get("lockdown"),
             "signing": expectation.signing,
+            "rollout": checks.rollout_state(obs),
         },
     )
     _verdict(kmodlab_case, checks.host(expectation.kernel, obs, expectation.signing), obs)
 
 
-@check("built", states=("present", "config"))
+@check("built", states=("present", "config"), delivery="dkms")
 def test_dkms_built(kmodlab_case: Case) -> None:
     """DKMS built NAME/VERSION for the running kernel."""
     _module(kmodlab_case, checks.dkms_built)
 
 
-@check("installed", states=("present", "config"))
+@check("installed", states=("present", "config"), delivery="dkms")
 def test_dkms_installed(kmodlab_case: Case) -> None:
     """DKMS installed NAME/VERSION for the running kernel."""
     _module(kmodlab_case, checks.dkms_installed)
 
 
+@check("built", states=("present", "config"), delivery="deb")
+def test_package_built(kmodlab_case: Case) -> None:
+    """The running kernel's package ships updates/kmodlab/KMOD.ko, modinfo resolves the
+    module to it, and the file is the one the package shipped (dpkg --verify)."""
+    _module(kmodlab_case, checks.package_built)
+
+
+@check("installed", states=("present", "config"), delivery="deb")
+def test_package_installed(kmodlab_case: Case) -> None:
+    """dpkg shows kmodlab-NAME-modules-KERNEL installed (ii) at the record's version."""
+    _module(kmodlab_case, checks.package_installed)
+
+
 @check("installed", states=("present", "config"))
 def test_module_file(kmodlab_case: Case) -> None:
-    """modinfo finds the .ko under updates/dkms, built for the running kernel (vermagic)."""
-    _module(kmodlab_case, checks.module_file)
+    """modinfo finds the .ko where the delivery installs it (updates/dkms, or the
+    package's updates/kmodlab/KMOD.ko), built for the running kernel (vermagic)."""
+    delivery = _delivery(kmodlab_case)
+    _module(kmodlab_case, lambda rec, obs, kernel: checks.module_file(rec, obs, kernel, delivery))
 
 
 @check("loaded")
@@ -472,10 +521,17 @@ def test_loaded(kmodlab_case: Case) -> None:
     _module(kmodlab_case, checks.loaded)
 
 
-@check("installed", states=("absent",))
+@check("installed", states=("absent",), delivery="dkms")
 def test_dkms_removed(kmodlab_case: Case) -> None:
     """DKMS removed an absent module: no DKMS entry or folder, no installed .ko, no sources."""
     _module(kmodlab_case, checks.dkms_removed)
+
+
+@check("installed", states=("absent",), delivery="deb")
+def test_package_removed(kmodlab_case: Case) -> None:
+    """dpkg removed an absent module's packages (any kernel): none installed, unpacked or
+    half-done, no .ko left under updates/kmodlab."""
+    _module(kmodlab_case, checks.package_removed)
 
 
 @check("loaded", states=("absent",))
