@@ -36,7 +36,7 @@ OLD_KERNEL = os.environ.get("KMODLAB_FLEET_OLD_KERNEL", "6.1.0-50-amd64")
 NAMES = ("t-fa", "t-fb", "t-fc")
 CANARY, SECOND, THIRD = NAMES
 MODULES = ("hello-5", "memory", "symexport", "symuse")
-VARS = ROOT / "molecule/fleet/fleet-vars.yml"
+VARS = ROOT / "molecule/fleet/vars/fleet.yml"
 FACT = "/etc/ansible/facts.d/kmodlab_rollout.fact"
 BOOT_ARGS = {
     "t-fa": ["--profile", "bare", "--kernel", OLD_KERNEL],
@@ -196,7 +196,7 @@ def test_molecule_fleet_builds_once_per_abi_and_rolls_out(
     assert proc.returncode == 0, log[-8000:]
     done = compilations(artifact_dir)
     counts = Counter((entry["module"], entry["abi"]) for entry in done)
-    expected = {(m, k) for m in MODULES for k in {kernels[CANARY], kernels[THIRD]}}
+    expected = {(m, k) for m in MODULES for k in (kernels[CANARY], kernels[THIRD])}
     assert set(counts) == expected, counts
     assert all(n == 1 for n in counts.values()), counts
     rows = summary(guest)
