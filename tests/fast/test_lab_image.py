@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -116,3 +118,23 @@ def test_sources_add_updates_and_security(tmp_path: Path) -> None:
 def test_require_image_says_how_to_build(cache: Path) -> None:
     with pytest.raises(LabError, match="kmodlab image build --profile bare"):
         image.require_image("bare")
+
+
+def test_a_pinned_recipe_installs_that_kernel_and_is_named_after_it() -> None:
+    pinned = image.Recipe.for_profile("bare", kernel="6.1.0-50-amd64")
+    assert "linux-image-6.1.0-50-amd64" in pinned.boot_packages
+    assert "linux-image-amd64" not in pinned.boot_packages
+    assert pinned.name.startswith("bookworm-bare-6.1.0-50-amd64-")
+    plain = image.Recipe.for_profile("bare")
+    assert plain.digest() != pinned.digest()
+    # An unpinned recipe hashes as before pinning existed: cached images stay current.
+    fields = dataclasses.asdict(plain)
+    del fields["kernel"]
+    legacy = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert plain.digest() == legacy
+
+
+@pytest.mark.parametrize("bad", ["6.1", "linux-image-6.1.0-50-amd64", "6.1.0-50-amd64 x", "../x"])
+def test_a_pinned_kernel_must_be_an_abi(bad: str) -> None:
+    with pytest.raises(LabError, match="not a Debian kernel ABI"):
+        image.Recipe.for_profile("bare", kernel=bad)

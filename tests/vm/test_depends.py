@@ -4,8 +4,8 @@ symuse calls symexport_count(), which symexport exports. On the converged lab VM
 are loaded, the kernel records symuse as symexport's holder, symexport counted the call,
 symuse's DKMS package names symexport in BUILD_DEPENDS and was linked against the
 Module.symvers symexport's package kept (same CRC). Then lab.yml with both ``absent``
-unloads symuse before symexport and removes both from DKMS, and a plain lab.yml run puts
-the lab back.
+(and hello-3, which nothing depends on) unloads symuse before symexport and removes all
+three from DKMS, and a plain lab.yml run puts the lab back.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from kmodlab.manifest import load_manifest
 
 EXPORTER = load_manifest(ROOT / "modules/symexport")
 USER = load_manifest(ROOT / "modules/symuse")
+# A lab module no other depends on, removed in the same run.
+SOLO = load_manifest(ROOT / "modules/hello-3")
 FUNCTION = "symexport_count"
 
 
@@ -110,6 +112,8 @@ def test_both_absent_unloads_the_user_first_then_the_lab_comes_back(
         "kmodlab_host_modules": [
             {"name": EXPORTER.name, "state": "absent"},
             {"name": USER.name, "state": "absent"},
+            # a module nothing depends on goes the same way (one run for both cases)
+            {"name": SOLO.name, "state": "absent"},
         ]
     }
     proc = playbook(
@@ -121,6 +125,7 @@ def test_both_absent_unloads_the_user_first_then_the_lab_comes_back(
 
     loaded = _loaded(converged)
     assert USER.kmod not in loaded and EXPORTER.kmod not in loaded, loaded
+    assert SOLO.kmod not in loaded, loaded
     # the kernel's own order: symuse went first (symexport could not have gone before)
     log = _kernel_log(converged)
     marks = [i for i, ln in enumerate(log) if mark in ln]
@@ -131,8 +136,10 @@ def test_both_absent_unloads_the_user_first_then_the_lab_comes_back(
     assert len(user_gone) == 1 and len(exporter_gone) == 1, new
     assert user_gone[0] < exporter_gone[0], new
     # removed from DKMS entirely, with their sources, files and installed copies
-    for m in (EXPORTER, USER):
+    for m in (EXPORTER, USER, SOLO):
         assert converged.run(f"sudo dkms status {m.name}").strip() == "", m.name
+        sources = converged.run(f"ls -d /usr/src/{m.name}-* 2>/dev/null || true").split()
+        assert sources == [], sources
         for path in (
             f"/usr/src/{m.name}-{m.version}",
             f"/var/lib/dkms/{m.name}",
@@ -142,7 +149,7 @@ def test_both_absent_unloads_the_user_first_then_the_lab_comes_back(
         ):
             assert converged.run(f"test -e {path}", check=False).startswith("rc=1"), path
     gone = _report(tmp_path / "gone")
-    for m in (EXPORTER, USER):
+    for m in (EXPORTER, USER, SOLO):
         assert gone[m.name]["state"] == "absent" and not gone[m.name]["failures"], gone[m.name]
 
     # the lab as the inventory has it: both built (symexport first), loaded and verified
@@ -151,6 +158,7 @@ def test_both_absent_unloads_the_user_first_then_the_lab_comes_back(
     counters = recap(proc.stdout)
     assert counters is not None and counters["failed"] == 0, proc.stdout[-5000:]
     _assert_pair_live(converged)
+    assert SOLO.kmod in _loaded(converged)
     back = _report(tmp_path / "back")
-    for m in (EXPORTER, USER):
+    for m in (EXPORTER, USER, SOLO):
         assert back[m.name]["state"] == "present" and not back[m.name]["failures"], back[m.name]

@@ -215,9 +215,11 @@ def test_no_target_holds_the_private_key(
     body = [ln for ln in project_key.key_path.read_text().splitlines() if not ln.startswith("-")]
     probe = body[len(body) // 2]
     for name, guest in fleet.items():
+        # The pattern comes on stdin: on the command line, sudo would log it to the journal.
         out = guest.run(
             "sudo grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "
-            f"--exclude-dir=run -e '{probe}' / ; echo rc=$?",
+            "--exclude-dir=run -f - / ; echo rc=$?",
+            stdin=probe.encode() + b"\n",
         )
         assert out.strip().endswith("rc=1"), f"{name} holds the private key: {out}"
         assert "rc=1" in guest.run("test -e /etc/kmodlab/signing", check=False), name

@@ -395,16 +395,19 @@ def up(lab: Lab, req: UpRequest, progress: Progress = print) -> list[Vm]:
         for name in req.names:
             if name in vms and process_alive(vms[name], lab):
                 raise LabError(f"VM {name!r} is already running (kmodlab vm down {name} first)")
-        profiles = {
-            name: vms[name].profile
-            if name in vms and vms[name].state != "failed"
-            else (req.profile or DEFAULT_PROFILE)
-            for name in req.names
-        }
+        # A stopped VM restarts on its own disk (whose backing image it records, pinned
+        # kernel or not); only new VMs need the current image of their profile.
+        existing = {n for n in req.names if n in vms and vms[n].state != "failed"}
+        profiles = {n: req.profile or DEFAULT_PROFILE for n in req.names if n not in existing}
         images = {
             p: image_mod.require_image(p, kernel=req.kernel) for p in sorted(set(profiles.values()))
         }
-        accel, why = qemu.choose_accel(next(iter(images.values())).vmlinuz, cache_dir())
+        probe = (
+            next(iter(images.values())).vmlinuz
+            if images
+            else Path(vms[req.names[0]].image).with_suffix(".vmlinuz")
+        )
+        accel, why = qemu.choose_accel(probe, cache_dir())
         progress(f"acceleration: {accel} ({why})")
         taken = {v.ssh_port for v in vms.values()}
         enrolled = [*req.enroll_keys, *([req.project_key] if req.project_key else [])]
