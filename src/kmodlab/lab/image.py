@@ -111,7 +111,10 @@ class Recipe:
                     f"kernel {kernel!r} is not a Debian kernel ABI such as 6.1.0-50-amd64 "
                     "(`apt-cache search ^linux-image-6` lists them)"
                 )
-            boot = tuple(f"linux-image-{kernel}" if p == "linux-image-amd64" else p for p in boot)
+            # The pinned kernel boots; the release's current one is installed as well, not
+            # the boot default: a host on an older kernel with its upgrade waiting for a
+            # reboot (installing a kernel inside an emulated guest takes over six minutes).
+            boot = (f"linux-image-{kernel}", *boot)
         return cls(
             release=release,
             profile=profile,
@@ -305,6 +308,7 @@ def _build(recipe: Recipe, work: Path, progress: Progress) -> Image:
         "recipe_hash": recipe.digest(),
         "kernel_release": kernel,
         "kernel_pinned": recipe.kernel,
+        "kernels_installed": sorted(p.name for p in (root / "lib/modules").iterdir()),
         "headers_package": f"linux-headers-{kernel}",
         "guest_user": GUEST_USER,
         "root_uuid": root_uuid,
@@ -400,11 +404,17 @@ def _install_packages(recipe: Recipe, root: Path, log: Path) -> str:
     apt = "apt-get -y -q -o Dpkg::Use-Pty=0 --no-install-recommends"
     _chroot(root, f"apt-get -q update && {apt} install {' '.join(recipe.boot_packages)}", log)
     kernels = sorted(p.name for p in (root / "lib/modules").iterdir())
-    if len(kernels) != 1:
+    if recipe.kernel:
+        if recipe.kernel not in kernels or len(kernels) > 2:
+            raise LabError(f"expected {recipe.kernel} and the current kernel, found {kernels}")
+        kernel = recipe.kernel
+        # The boot default (/vmlinuz, /initrd.img) back on the pinned kernel: the same call
+        # a kernel package's postinst makes for the kernel it installs.
+        _chroot(root, f"linux-update-symlinks install {kernel} /boot/vmlinuz-{kernel}", log)
+    elif len(kernels) != 1:
         raise LabError(f"expected one kernel in the image, found {kernels}")
-    kernel = kernels[0]
-    if recipe.kernel and kernel != recipe.kernel:
-        raise LabError(f"the image has kernel {kernel}, not the pinned {recipe.kernel}")
+    else:
+        kernel = kernels[0]
     if recipe.profile_packages:
         pkgs = " ".join((*recipe.profile_packages, f"linux-headers-{kernel}"))
         _chroot(root, f"{apt} install {pkgs}", log)
