@@ -7,6 +7,7 @@ stays registered and built (a rollback target), and a later run prunes it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from kmodlab.manifest import load_manifest
 pytestmark = pytest.mark.usefixtures("restores_lab")
 
 MOD = load_manifest(ROOT / "modules/hello-3")
+DEFAULT_REPORTS = (
+    Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "kmodlab/reports"
+)
 BUMPED = MOD.version + ".1"
 
 
@@ -72,13 +76,15 @@ def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) ->
     assert f"{MOD.name}/{MOD.version}," not in status, status
     assert _sources(converged) == [f"/usr/src/{MOD.name}-{BUMPED}"]
 
-    # Downgrade: back to the repository's manifest.
-    proc = playbook(converged, "-e", f"kmod_verify_report_dir={tmp_path}/down")
+    # Downgrade: back to the repository's manifest, exactly the lab as users run it (the
+    # default report folder too: its expectation files are the converged lab's again,
+    # which the check-mode test in test_faults.py compares against).
+    proc = playbook(converged)
     assert proc.returncode == 0, proc.stdout[-5000:]
     status = _dkms(converged)
     assert f"{MOD.name}/{MOD.version}, {kernel}" in status and BUMPED not in status, status
     assert _sources(converged) == [f"/usr/src/{MOD.name}-{MOD.version}"]
-    assert _report(tmp_path / "down")[MOD.name]["version"] == MOD.version
+    assert _report(DEFAULT_REPORTS)[MOD.name]["version"] == MOD.version
 
     # The downgrade ran the lab as the inventory has it: converged again. (The removal,
     # state absent, is proven with the symbol pair in test_depends.py.)
