@@ -47,12 +47,15 @@ def by_hand(lab: vms.Lab, vm: vms.Vm) -> float:
     start = time.monotonic()
     for name in order:
         m = manifests[name]
+        # a module using another's symbols builds against that one's Module.symvers
+        symvers = " ".join(f"$HOME/hand/{dep}/Module.symvers" for dep in m.depends)
+        extra = f" KBUILD_EXTRA_SYMBOLS='{symvers}'" if symvers else ""
         tar = subprocess.run(
             ["tar", "-C", str(ROOT / "modules"), "-cf", "-", name], capture_output=True, check=True
         ).stdout
         script = (
             f"set -e; rm -rf ~/hand/{name}; mkdir -p ~/hand; tar -C ~/hand -xf -; "
-            f"make -s -C /lib/modules/$(uname -r)/build M=$HOME/hand/{name} modules; "
+            f"make -s -C /lib/modules/$(uname -r)/build M=$HOME/hand/{name}{extra} modules; "
             f"sudo insmod ~/hand/{name}/{name}.ko {param_string(m.wanted_params())}"
         )
         subprocess.run([*ssh, script], input=tar, check=True, capture_output=True)
