@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, kmodlab, playbook
+from vmhelpers import PLAIN, SB, VENV, Guest, ansible_env, env_set, kmodlab, playbook
 
 from kmodlab import keys
 from kmodlab.lab import image, inventory, vms
@@ -49,16 +49,9 @@ def project_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[keys.KeyPa
     key enrolled, as `kmodlab vm up --secure-boot` does."""
     store = tmp_path_factory.mktemp("keys")
     store.chmod(0o700)
-    saved = os.environ.get("KMODLAB_KEY_DIR")
-    os.environ["KMODLAB_KEY_DIR"] = str(store)
-    pair, _created = keys.create(keys.DEFAULT_NAME)
-    try:
+    with env_set("KMODLAB_KEY_DIR", str(store)):
+        pair, _created = keys.create(keys.DEFAULT_NAME)
         yield pair
-    finally:
-        if saved is None:
-            os.environ.pop("KMODLAB_KEY_DIR", None)
-        else:
-            os.environ["KMODLAB_KEY_DIR"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import pytest
 from ansible_collections.kmodlab.lab.plugins.module_utils.params import sysfs_value
-from vmhelpers import PLAIN, ROOT, Guest, kmodlab, playbook
+from vmhelpers import ROOT, Guest, playbook, reboot
 
-from kmodlab.lab import vms
 from kmodlab.manifest import load_manifest
 
 # A failure halfway leaves the lab converged again for the tests after it.
@@ -46,13 +44,7 @@ def test_persisted_modules_load_at_boot_with_their_parameters(converged: Guest) 
     vars_inode = vars_file.stat().st_ino
     boot_id = converged.run("cat /proc/sys/kernel/random/boot_id").strip()
 
-    converged.run("sudo systemctl reboot", check=False)
-    deadline = time.monotonic() + 300
-    while vms.process_alive(converged.vm, converged.lab):
-        assert time.monotonic() < deadline, "the guest did not reboot within 300 s"
-        time.sleep(2)
-    kmodlab("vm", "up", PLAIN, lab=converged.lab)
-    converged.vm = converged.lab.load()[PLAIN]
+    reboot(converged)
 
     # The same VM: its disk and its UEFI variable store.
     assert converged.run("cat /var/tmp/kmodlab-reboot-marker").strip() == token

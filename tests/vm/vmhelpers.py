@@ -7,6 +7,9 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +108,29 @@ def manifests_with_version(tmp_path: Path, name: str, version: str) -> Path:
     data["version"] = version
     path.write_text(yaml.safe_dump(data))
     return copy
+
+
+@contextmanager
+def env_set(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block, the previous value back afterwards."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def reboot(guest: Guest, timeout: float = 300) -> None:
+    """Reboot through the firmware: QEMU runs with -no-reboot, so the guest's reboot ends
+    the VM, and `kmodlab vm up` starts it again on the same disk and variable store."""
+    guest.run("sudo systemctl reboot", check=False)
+    deadline = time.monotonic() + timeout
+    while vms.process_alive(guest.vm, guest.lab):
+        assert time.monotonic() < deadline, f"the guest did not reboot within {timeout:.0f} s"
+        time.sleep(2)
+    kmodlab("vm", "up", guest.vm.name, lab=guest.lab)
+    guest.vm = guest.lab.load()[guest.vm.name]
