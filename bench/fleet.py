@@ -7,8 +7,10 @@ hand, and fleet.yml on four hosts against one (P3). Prints figures side by side.
   bench/lab_vs_hand.py does), then fleet.yml with the same ten modules, built in the
   container and installed as packages (a new artifact store: the build is included).
   Target: fleet.yml <= 0.3 x by hand.
-- p3: fleet.yml on one fresh bare VM, then on four fresh bare VMs (default batches: a
-  canary, 25 %, the rest), each with a new artifact store. Target: four hosts <= 1.5 x one.
+- p3: fleet.yml on one fresh bare VM, then on four fresh bare VMs, each with a new
+  artifact store, in one batch (`kmodlab_fleet_batches: ["100%"]`: the build happens once,
+  the installs run in parallel). Target: four hosts <= 1.5 x one. The default batches (a
+  canary, 25 %, the rest) run one after the other by design and are not what P3 measures.
 
     .venv/bin/python bench/fleet.py [--only builder|lab|p3]...
 """
@@ -101,12 +103,11 @@ def bench_lab(work: Path) -> None:
 
 def bench_p3(work: Path) -> None:
     vars_file = ROOT / "molecule/fleet/vars/fleet.yml"
+    one_batch = ("-e", f"@{vars_file}", "-e", '{"kmodlab_fleet_batches": ["100%"]}')
     one_lab = vms.Lab(work / "lab-one")
     vms.up(one_lab, vms.UpRequest(names=["p1"], profile="bare"), progress=lambda m: None)
     try:
-        one, _out = fleet_yml(
-            inventory.write(one_lab), work / "artifacts-one", "-e", f"@{vars_file}"
-        )
+        one, _out = fleet_yml(inventory.write(one_lab), work / "artifacts-one", *one_batch)
     finally:
         vms.destroy(one_lab, ["p1"], progress=lambda m: None)
     print(f"fleet.yml, 1 host: {one:.1f} s", flush=True)
@@ -114,13 +115,11 @@ def bench_p3(work: Path) -> None:
     names = ["p1", "p2", "p3", "p4"]
     vms.up(four_lab, vms.UpRequest(names=names, profile="bare"), progress=lambda m: None)
     try:
-        four, out = fleet_yml(
-            inventory.write(four_lab), work / "artifacts-four", "-e", f"@{vars_file}"
-        )
+        four, out = fleet_yml(inventory.write(four_lab), work / "artifacts-four", *one_batch)
     finally:
         vms.destroy(four_lab, names, progress=lambda m: None)
-    batches = out.count("PLAY [Roll out in batches")
-    print(f"fleet.yml, 4 hosts ({batches} batches: a canary, 25 %, the rest): {four:.1f} s")
+    hosts = len(re.findall(r"^p[1-4]\s+: ok=", out, re.M))
+    print(f"fleet.yml, 4 hosts in one batch ({hosts} hosts in the recap): {four:.1f} s")
     print(f"4 hosts / 1 host: {four / one:.2f}   (target <= 1.5)")
 
 

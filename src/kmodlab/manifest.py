@@ -213,24 +213,133 @@ class Dmesg(_Model):
         return [_regex(v) for v in value]
 
 
-class Step(_Model):
-    """One step of a functional check: write data to a path, or read it and match."""
+class IoctlRequest(_Model):
+    """An ioctl request number as the kernel's _IO/_IOR/_IOW/_IOWR encode it (x86-64)."""
 
-    op: Literal["write", "read"]
-    path: AbsPath
+    dir: Literal["none", "write", "read", "readwrite"]
+    type: str = Field(min_length=1, max_length=1, description="the magic character")
+    nr: int = Field(ge=0, le=255)
+    size: int = Field(default=0, ge=0, lt=2**14)
+
+
+class IntArg(_Model):
+    """A pointer to a 4-byte signed int holding ``int``, read back after the call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    value: int = Field(alias="int", ge=-(2**31), lt=2**31)
+
+
+class StringArg(_Model):
+    """A pointer to a zero-padded buffer of ``size`` bytes holding ``string``."""
+
+    string: str
+    size: int = Field(ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _fits(self) -> StringArg:
+        if len(self.string.encode()) > self.size:
+            raise ValueError(f"string is longer than size {self.size}")
+        return self
+
+
+STEP_OPS = ("open", "close", "read", "write", "ioctl", "wait", "poll", "run")
+# Which fields each op takes (besides op, error, and blocks where allowed).
+_STEP_FIELDS: dict[str, set[str]] = {
+    "open": {"path", "as_", "flags"},
+    "close": {"handle"},
+    "read": {"path", "handle", "size", "expect"},
+    "write": {"path", "handle", "data"},
+    "ioctl": {"path", "handle", "request", "arg", "expect_return", "expect_value", "expect"},
+    "wait": {"for_", "timeout"},
+    "poll": {"path", "dmesg", "expect", "timeout"},
+    "run": {"argv", "rc", "expect", "timeout"},
+}
+_BLOCKING_OPS = ("open", "read", "ioctl")
+_OPEN_FLAGS = {
+    "O_RDONLY",
+    "O_WRONLY",
+    "O_RDWR",
+    "O_NONBLOCK",
+    "O_APPEND",
+    "O_SYNC",
+    "O_DSYNC",
+    "O_EXCL",
+    "O_NOCTTY",
+    "O_CLOEXEC",
+    "O_DIRECT",
+}
+
+
+class Step(_Model):
+    """One step of a functional check, run on the target by the verify collector.
+
+    ``open`` keeps a handle (``as``) for later ``read``/``write``/``ioctl``/``close``
+    steps; ``read``, ``write`` and ``ioctl`` take a ``path`` or a ``handle``. A step
+    with ``error`` must fail with that errno; any other must succeed. ``blocks: NAME``
+    (open, read, ioctl) runs the step in the background: it must still be running
+    ``block_ms`` later, and a later ``wait`` step (``for: NAME``) waits for it and
+    checks its expectations. ``poll`` re-reads a path, or the kernel log, until
+    ``expect`` matches; ``run`` runs a command. docs/manifest.md describes each.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    op: Literal["open", "close", "read", "write", "ioctl", "wait", "poll", "run"]
+    path: AbsPath | None = None
+    handle: Identifier | None = None
+    as_: Identifier | None = Field(default=None, alias="as", description="handle name")
+    flags: list[str] = Field(default=["O_RDONLY"], description="os.O_* names (open)")
     data: str | None = Field(default=None, description="bytes to write (write only)")
-    expect: str | None = Field(default=None, description="regex the read data must match")
+    size: int = Field(default=4096, ge=1, le=1 << 20, description="bytes to read at most")
+    expect: str | None = Field(default=None, description="regex the result must match")
     error: str | None = Field(
         default=None, pattern=r"^E[A-Z0-9]+$", description="errno name the step must fail with"
     )
-    size: int = Field(default=4096, ge=1, description="bytes to read at most")
+    request: int | IoctlRequest | None = None
+    arg: int | IntArg | StringArg | None = None
+    expect_return: int | None = None
+    expect_value: int | None = None
+    blocks: Identifier | None = Field(
+        default=None, description="run in the background under this name; must block"
+    )
+    block_ms: int = Field(default=500, ge=50, le=10000)
+    for_: Identifier | None = Field(default=None, alias="for", description="wait: step name")
+    timeout: float | None = Field(default=None, gt=0, le=60)
+    dmesg: bool = False
+    argv: list[str] | None = Field(default=None, min_length=1)
+    rc: int = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> Step:
-        if self.op == "write" and self.data is None:
-            raise ValueError("a write step needs data")
-        if self.op == "read" and self.data is not None:
-            raise ValueError("a read step takes no data")
+        allowed = _STEP_FIELDS[self.op] | {"op", "error"}
+        if self.op in _BLOCKING_OPS:
+            allowed |= {"blocks", "block_ms"}
+        fields = type(self).model_fields
+        extra = sorted((fields[f].alias or f) for f in self.model_fields_set if f not in allowed)
+        if extra:
+            raise ValueError(f"a {self.op} step takes no {', '.join(extra)}")
+        if self.op in ("read", "write", "ioctl") and (self.path is None) == (self.handle is None):
+            raise ValueError(f"a {self.op} step needs exactly one of path and handle")
+        needs = {
+            "open": ("path", "as_"),
+            "close": ("handle",),
+            "write": ("data",),
+            "ioctl": ("request",),
+            "wait": ("for_",),
+            "poll": ("expect",),
+            "run": ("argv",),
+        }.get(self.op, ())
+        missing = [(fields[f].alias or f) for f in needs if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.op} step needs {', '.join(missing)}")
+        if self.op == "poll" and (self.path is None) == (not self.dmesg):
+            raise ValueError("a poll step reads either a path or the kernel log (dmesg: true)")
+        if self.op == "poll" and self.error is not None:
+            raise ValueError("a poll step cannot expect an error")
+        unknown = [f for f in self.flags if f not in _OPEN_FLAGS]
+        if unknown:
+            raise ValueError(f"unknown open flags {unknown} (known: {sorted(_OPEN_FLAGS)})")
         if self.expect is not None:
             _regex(self.expect)
         return self
@@ -239,6 +348,32 @@ class Step(_Model):
 class Functional(_Model):
     name: str
     steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> Functional:
+        handles: set[str] = set()
+        pending: set[str] = set()
+        for number, step in enumerate(self.steps, start=1):
+            where = f"step {number} ({step.op})"
+            if step.handle is not None and step.handle not in handles:
+                raise ValueError(
+                    f"{where}: handle {step.handle!r} is not opened by an earlier step"
+                )
+            if step.op == "close" and step.handle is not None:
+                handles.discard(step.handle)
+            if step.op == "wait":
+                if step.for_ not in pending:
+                    raise ValueError(f"{where}: no earlier step blocks as {step.for_!r}")
+                pending.discard(step.for_)
+            if step.blocks is not None:
+                if step.blocks in pending:
+                    raise ValueError(f"{where}: {step.blocks!r} is already blocking")
+                pending.add(step.blocks)
+            if step.as_ is not None:
+                handles.add(step.as_)
+        if pending:
+            raise ValueError(f"steps that block are never waited for: {sorted(pending)}")
+        return self
 
 
 class Expect(_Model):

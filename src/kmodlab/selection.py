@@ -180,7 +180,7 @@ def resolve(
                 "params": entry["params"],
                 "persist": bool(entry["persist"]),
                 "source_dir": str((modules_dir / m.name).resolve()),
-                "manifest": m.model_dump(mode="json"),
+                "manifest": m.model_dump(mode="json", by_alias=True),
             }
         )
     return resolved

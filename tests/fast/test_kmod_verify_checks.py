@@ -162,21 +162,8 @@ def healthy() -> dict[str, Any]:
             ],
         },
         "functional": {
-            "gadget#0": [
-                {
-                    "rc": 0,
-                    "stdout": "hi\n",
-                    "stderr": "",
-                    "stdout_b64": base64.b64encode(b"hi\n").decode(),
-                }
-            ],
-            "gadget#1": [
-                {
-                    "rc": 1,
-                    "stdout": "",
-                    "stderr": "kmodlab: line 1: printf: write error: Invalid argument\n",
-                }
-            ],
+            "gadget#0": [{"ok": True, "data_b64": base64.b64encode(b"hi\n").decode()}],
+            "gadget#1": [{"ok": False, "errno": "EINVAL", "error": "Invalid argument"}],
         },
     }
 
@@ -500,20 +487,21 @@ def test_broken_host_fails(name, check, change, words):
 def test_functional_failures():
     gadget = recs()["gadget"]
     read_wrong = broken(
-        lambda d: d["functional"]["gadget#0"][0].update(
-            stdout_b64=base64.b64encode(b"ho\n").decode()
-        )
+        lambda d: d["functional"]["gadget#0"][0].update(data_b64=base64.b64encode(b"ho\n").decode())
     )
     assert "read 'ho\\n', expected" in checks.functional(gadget, 0, Observation(read_wrong))[0]
-    accepted = broken(lambda d: d["functional"]["gadget#1"][0].update(rc=0, stderr=""))
+    accepted = broken(lambda d: d["functional"]["gadget#1"][0].update(ok=True, errno=None))
     assert (
         "succeeded, expected EINVAL (Invalid argument)"
         in checks.functional(gadget, 1, Observation(accepted))[0]
     )
     other = broken(
-        lambda d: d["functional"]["gadget#1"][0].update(stderr="printf: write error: I/O error")
+        lambda d: d["functional"]["gadget#1"][0].update(errno="EIO", error="Input/output error")
     )
-    assert "expected EINVAL" in checks.functional(gadget, 1, Observation(other))[0]
+    assert (
+        "failed with EIO (Input/output error), expected EINVAL"
+        in checks.functional(gadget, 1, Observation(other))[0]
+    )
     missing = broken(lambda d: d["functional"].pop("gadget#0"))
     assert "did not run" in checks.functional(gadget, 0, Observation(missing))[0]
 

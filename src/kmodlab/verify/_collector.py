@@ -31,10 +31,8 @@ no decisions: the checks run on the controller (``kmodlab.verify.checks``). The 
                 else dmesg, else journalctl -k)
     secure_boot: true to read the Secure Boot state (efi, secure_boot, setup_mode) and
                 the lockdown mode (module_utils/secure_boot.py)
-    functional: [{id, steps: [{op, path, data, size}]}], run after everything else:
-                write = ``printf '%s' DATA > PATH`` (bash, so the error text is the
-                errno's strerror; never creates PATH), read =
-                ``dd if=PATH bs=SIZE count=1 status=none``
+    functional: [{id, steps: [STEP, ...]}] (the manifest's steps), run after everything
+                else by module_utils/func_steps.py: one result per step
 """
 
 from __future__ import annotations
@@ -54,6 +52,7 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.dpkg_status import (
     verify_argv,
 )
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import read_file, stat_path
+from ansible_collections.kmodlab.lab.plugins.module_utils.func_steps import run_check
 from ansible_collections.kmodlab.lab.plugins.module_utils.kernel_log import read_kernel_log
 from ansible_collections.kmodlab.lab.plugins.module_utils.secure_boot import lockdown, secure_boot
 
@@ -97,12 +96,13 @@ def _run(argv: list[str], binary: bool = False) -> dict:
     return out
 
 
-def _kernel_log() -> dict:
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        res = _run(argv)
-        return res["rc"], res["stdout"], res["stderr"]
+def _run_triple(argv: list[str]) -> tuple[int, str, str]:
+    res = _run(argv)
+    return res["rc"], res["stdout"], res["stderr"]
 
-    log = read_kernel_log("/", run)
+
+def _kernel_log() -> dict:
+    log = read_kernel_log("/", _run_triple)
     out = {"source": log["source"], "lines": [record[2] for record in log["records"]]}
     if "error" in log:
         out["error"] = log["error"]
@@ -122,28 +122,11 @@ def _secure_boot() -> dict:
         }
 
 
-def _step(step: dict) -> dict:
-    if step["op"] == "write":
-        shell = "bash" if shutil.which("bash") else "sh"
-        printf = "printf" if shell == "bash" else "env printf"
-        # Never create a file: a missing device node must fail, not become a regular file.
-        script = (
-            'if [ ! -e "$2" ]; then echo "kmodlab: $2: No such file or directory" >&2; exit 1; fi; '
-            + printf
-            + ' "%s" "$1" > "$2"'
-        )
-        res = _run([shell, "-c", script, "kmodlab", step["data"], step["path"]])
-    else:
-        size = f"bs={int(step.get('size', 4096))}"
-        res = _run(["dd", "if=" + step["path"], size, "count=1", "status=none"], binary=True)
-    return res
-
-
 def _functional(checks: list[dict]) -> dict:
-    out = {}
-    for check in checks:
-        out[check["id"]] = [_step(step) for step in check["steps"]]
-    return out
+    def records() -> list:
+        return read_kernel_log("/", _run_triple)["records"]
+
+    return {check["id"]: run_check(check["steps"], records) for check in checks}
 
 
 def _dkms(request: dict) -> dict:

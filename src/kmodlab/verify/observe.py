@@ -227,13 +227,7 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
                 {
                     "id": functional_id(rec, index),
                     "steps": [
-                        {
-                            "op": step["op"],
-                            "path": step["path"],
-                            "data": step.get("data"),
-                            "size": step.get("size", 4096),
-                        }
-                        for step in check["steps"]
+                        {k: v for k, v in step.items() if v is not None} for step in check["steps"]
                     ],
                 }
             )
