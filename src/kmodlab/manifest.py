@@ -268,6 +268,7 @@ _OPEN_FLAGS = {
     "O_NOCTTY",
     "O_CLOEXEC",
     "O_DIRECT",
+    "O_TRUNC",
 }
 
 

@@ -6,7 +6,12 @@ Each round injects faults into different modules, then:
 2. ``lab.yml --check --diff`` says what it would change and changes nothing (the
    host's state is compared before and after);
 3. ``lab.yml`` repairs the host, and its verify stage passes with every check of the
-   lab ran again.
+   lab ran again (assert_repaired: the report lists, for every lab module, exactly the
+   checks the manifests call for, each observed and passed).
+
+Rounds that need the same repair share it: the hand-edited modprobe file (formerly
+round 2) rides in round 4, the hidden parameter changed by a reload (formerly round 3)
+in round 6; each keeps its own injection and every one of its former asserts.
 """
 
 from __future__ import annotations
@@ -70,8 +75,8 @@ def snapshot(guest: Guest) -> list[str]:
     return sorted(out.splitlines())
 
 
-def verify_alone(guest: Guest, report_dir: Path, tags: str = "kmod_verify") -> tuple[str, dict]:
-    proc = playbook(guest, "--tags", tags, "-e", f"kmod_verify_report_dir={report_dir}")
+def verify_alone(guest: Guest, report_dir: Path) -> tuple[str, dict]:
+    proc = playbook(guest, "--tags", "kmod_verify", "-e", f"kmod_verify_report_dir={report_dir}")
     report = json.loads((report_dir / "report.json").read_text())
     return proc.stdout, report
 
@@ -99,14 +104,46 @@ def assert_caught(output: str, report: dict, caught: dict[str, dict[str, str]]) 
 
 
 def assert_repaired(guest: Guest, report_dir: Path) -> str:
-    """lab.yml repairs the host; its verify stage then passes with every check."""
+    """lab.yml repairs the host; its verify stage then passes with every check.
+
+    The report of that run (signing stage included, so the signature check is in) is
+    the evidence that no check vanished: every lab module with exactly LAB_CHECKS, each
+    of which observed something and passed (formerly a verify run of its own,
+    test_report_lists_every_check_of_every_module)."""
     proc = playbook(guest, "-e", f"kmod_verify_report_dir={report_dir}")
     assert proc.returncode == 0, proc.stdout[-5000:]
     report = json.loads((report_dir / "report.json").read_text())
-    assert failures(report) == {}
+    assert failures(report) == {}, "the repaired lab still fails checks"
     modules = {m["name"] for h in report["hosts"] for m in h["modules"]}
     assert modules == set(LAB_MODULES), modules
+    assert_every_check_listed(report, proc.stdout)
     return proc.stdout
+
+
+def assert_every_check_listed(report: dict, output: str) -> None:
+    """The report of a converged lab lists every check of every module, all passed."""
+    assert report["exitstatus"] == 0, f"verify exit status {report['exitstatus']}: {output[-4000:]}"
+    (host,) = report["hosts"]
+    assert host["host"] == PLAIN and not host["problems"], (
+        f"report host: {host['host']}, {host['problems']}"
+    )
+    assert [c["outcome"] for c in host["checks"]] == ["pass"], f"host checks: {host['checks']}"
+    modules = {m["name"]: m for m in host["modules"]}
+    assert sorted(modules) == sorted(LAB_CHECKS), f"report modules: {sorted(modules)}"
+    for name, kinds in LAB_CHECKS.items():
+        checks = modules[name]["checks"]
+        assert sorted(c["kind"] for c in checks) == sorted(kinds), (
+            f"{name}: checks listed differ from LAB_CHECKS",
+            checks,
+        )
+        assert modules[name]["counts"]["total"] == len(kinds), (
+            f"{name}: counts.total {modules[name]['counts']['total']}, wanted {len(kinds)}"
+        )
+        # Every check observed something and passed: none "not observable".
+        assert {c["outcome"] for c in checks} == {"pass"}, (
+            f"{name}: not every check passed",
+            checks,
+        )
 
 
 def changed_tasks(output: str) -> list[str]:
@@ -167,22 +204,6 @@ LAB_CHECKS = {
 }
 
 
-def test_report_lists_every_check_of_every_module(converged: Guest, report_dir: Path) -> None:
-    output, report = verify_alone(converged, report_dir, "module_signing,kmod_verify")
-    assert report["exitstatus"] == 0, output[-4000:]
-    (host,) = report["hosts"]
-    assert host["host"] == PLAIN and not host["problems"]
-    assert [c["outcome"] for c in host["checks"]] == ["pass"]
-    modules = {m["name"]: m for m in host["modules"]}
-    assert sorted(modules) == sorted(LAB_CHECKS)
-    for name, kinds in LAB_CHECKS.items():
-        checks = modules[name]["checks"]
-        assert sorted(c["kind"] for c in checks) == sorted(kinds), (name, checks)
-        assert modules[name]["counts"]["total"] == len(kinds)
-        # Every check observed something and passed: none "not observable".
-        assert {c["outcome"] for c in checks} == {"pass"}, (name, checks)
-
-
 def test_converged_lab_check_mode_changes_nothing(converged: Guest) -> None:
     assert_check_mode_changes_nothing(converged, expect_changes=False)
 
@@ -224,40 +245,20 @@ def test_round1_each_fault_caught_named_and_repaired(converged: Guest, report_di
     )
 
 
-def test_round2_modprobe_file_edited_by_hand(converged: Guest, report_dir: Path) -> None:
-    conf = "/etc/modprobe.d/hello-5.conf"
-    original = converged.run(f"cat {conf}")
-    converged.run(f"sudo sed -i 's/myint=[0-9-]*/myint=43/' {conf}")
-    assert converged.run(f"cat {conf}") != original
-    output, report = verify_alone(converged, report_dir / "verify")
-    assert_caught(output, report, {"hello-5": {"test_persistence": re.escape(conf)}})
-    assert_repaired(converged, report_dir / "repair")
-    assert converged.run(f"cat {conf}") == original
-
-
-def test_round3_hidden_parameter_changed_by_a_reload(converged: Guest, report_dir: Path) -> None:
-    """myshort has no sysfs file: the module's own load message is the evidence."""
-    wanted = HELLO5.wanted_params()["myshort"]
-    other = wanted + 1
-    converged.run(f"sudo rmmod hello_5 && sudo modprobe hello-5 myshort={other}")
-    # The visible parameters are as wanted (modprobe.d), only the hidden one differs.
-    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(
-        HELLO5.wanted_params()["myint"]
-    )
-    output, report = verify_alone(converged, report_dir / "verify")
-    assert_caught(output, report, {"hello-5": {"test_params": rf"myshort.*{other}"}})
-    repaired = assert_repaired(converged, report_dir / "repair")
-    assert "myshort" in repaired
-    log = converged.run("sudo dmesg | grep 'hello_5: myshort=' | tail -1")
-    assert f"myshort={wanted}" in log, log
-
-
-def test_round4_kernel_refuses_init_and_says_why(converged: Guest, report_dir: Path) -> None:
+def test_round4_kernel_refuses_init_and_round2_modprobe_file_edited_by_hand(
+    converged: Guest, report_dir: Path
+) -> None:
     """A test module holds memory's major under memory's own name (so /proc/devices looks
     right and only the kernel can refuse: EBUSY) and chardev's device class (EEXIST).
     The play quotes the kernel's own lines, never a stack trace; nothing is half-loaded;
-    once the squatter is gone lab.yml restores both."""
+    once the squatter is gone lab.yml restores both.
+
+    Round 2 shares the verify run and the repair: after the refused run (so that it
+    cannot touch the file), hello-5's modprobe.d file is edited by hand; kmod_verify alone
+    catches it (persistence) beside the two refused modules, and the repair puts the
+    file back as it was."""
     src = ROOT / "tests/vm/squatter"
+    conf = "/etc/modprobe.d/hello-5.conf"
     converged.run("rm -rf /tmp/squatter && mkdir /tmp/squatter")
     for f in ("squatter.c", "Kbuild"):
         converged.run(f"cat > /tmp/squatter/{f}", stdin=(src / f).read_bytes())
@@ -265,16 +266,12 @@ def test_round4_kernel_refuses_init_and_says_why(converged: Guest, report_dir: P
     squat = f"insmod /tmp/squatter/squatter.ko major={MEMORY_MAJOR} label=memory classname=chardev"
     converged.run(f"sudo rmmod memory chardev && sudo {squat}")
     try:
-        assert re.search(rf"^\s*{MEMORY_MAJOR} memory$", converged.run("cat /proc/devices"), re.M)
-        output, report = verify_alone(converged, report_dir / "verify")
-        assert_caught(
-            output,
-            report,
-            {"memory": {"test_loaded": r"not loaded"}, "chardev": {"test_loaded": r"not loaded"}},
-        )
+        assert re.search(
+            rf"^\s*{MEMORY_MAJOR} memory$", converged.run("cat /proc/devices"), re.M
+        ), f"the squatter does not hold major {MEMORY_MAJOR} as memory"
 
         proc = playbook(converged, "-e", f"kmod_verify_report_dir={report_dir / 'refused'}")
-        assert proc.returncode != 0
+        assert proc.returncode != 0, "lab.yml passed although the kernel refuses two modules"
         out = proc.stdout
         memory = _failure_message(out, "memory: loading")
         assert "Device or resource busy" in memory, out[-5000:]
@@ -287,16 +284,38 @@ def test_round4_kernel_refuses_init_and_says_why(converged: Guest, report_dir: P
             assert "+0x" not in message and "Call Trace" not in message, message
         # Nothing half-done: neither is loaded, no /dev nodes, the rest as before.
         loaded = converged.run("cut -d' ' -f1 /proc/modules").split()
-        assert "memory" not in loaded and "chardev" not in loaded and "squatter" in loaded
+        assert "memory" not in loaded and "chardev" not in loaded and "squatter" in loaded, (
+            f"after the refused run: {loaded}"
+        )
         for node in (MEMORY, CHARDEV):
-            assert "rc=1" in converged.run(f"test -e {node}", check=False)
+            assert "rc=1" in converged.run(f"test -e {node}", check=False), f"{node} exists"
         for name in LAB_MODULES:
             if name not in ("memory", "chardev"):
-                assert name.replace("-", "_") in loaded, name
+                assert name.replace("-", "_") in loaded, f"{name} is no longer loaded"
+
+        # Round 2: hello-5's modprobe.d file edited by hand.
+        original = converged.run(f"cat {conf}")
+        converged.run(f"sudo sed -i 's/myint=[0-9-]*/myint=43/' {conf}")
+        assert converged.run(f"cat {conf}") != original, f"the edit did not change {conf}"
+
+        # kmod_verify alone names each fault: the two refused modules, the edited file.
+        output, report = verify_alone(converged, report_dir / "verify")
+        assert_caught(
+            output,
+            report,
+            {
+                "memory": {"test_loaded": r"not loaded"},
+                "chardev": {"test_loaded": r"not loaded"},
+                "hello-5": {"test_persistence": re.escape(conf)},
+            },
+        )
     finally:
         converged.run("sudo rmmod squatter", check=False)
     assert_repaired(converged, report_dir / "repair")
-    assert re.search(rf"^\s*{MEMORY_MAJOR} memory$", converged.run("cat /proc/devices"), re.M)
+    assert re.search(rf"^\s*{MEMORY_MAJOR} memory$", converged.run("cat /proc/devices"), re.M), (
+        f"memory does not hold major {MEMORY_MAJOR} after the repair"
+    )
+    assert converged.run(f"cat {conf}") == original, f"the repair did not put {conf} back"
 
 
 def _failure_message(output: str, start: str) -> str:
@@ -343,9 +362,16 @@ def test_round5_parameter_change_reloads_that_module_once(
         assert live == str(value)
 
 
-def test_round6_module_in_use_is_left_alone(converged: Guest, report_dir: Path) -> None:
+def test_round6_module_in_use_left_alone_and_round3_hidden_parameter_changed_by_a_reload(
+    converged: Guest, report_dir: Path
+) -> None:
     """chardev must be reloaded (its /dev node has the wrong mode) while a process holds
-    it open: the play says so and changes nothing; once the process is gone, it repairs."""
+    it open: the play says so and changes nothing; once the process is gone, it repairs.
+
+    Round 3 shares the repair: once the holder is gone (so the refused run above saw
+    chardev's fault alone), hello-5 is loaded again by hand with another myshort, which
+    has no sysfs file: the module's own load message is the evidence. kmod_verify alone
+    catches it (and chardev's mode, still wrong); the one repair reloads both."""
     converged.run(f"sudo chmod 0600 {CHARDEV}")
     holder = converged.run(
         f"sudo bash -c 'sleep 900 < {CHARDEV} > /dev/null 2>&1 & echo $!'"
@@ -353,14 +379,38 @@ def test_round6_module_in_use_is_left_alone(converged: Guest, report_dir: Path) 
     try:
         before, snap = instances(converged), snapshot(converged)
         proc = playbook(converged, "-e", f"kmod_verify_report_dir={report_dir / 'busy'}")
-        assert proc.returncode != 0
+        assert proc.returncode != 0, "lab.yml passed although chardev is in use"
         text = " ".join(line.strip() for line in proc.stdout.splitlines())
         assert re.search(
             rf"chardev must be unloaded \({re.escape(CHARDEV)} has mode 0600.*in use", text
         ), proc.stdout[-5000:]
-        assert instances(converged) == before
-        assert snapshot(converged) == snap
+        assert instances(converged) == before, "the refused run loaded or unloaded a module"
+        assert snapshot(converged) == snap, "the refused run changed the host"
     finally:
         converged.run(f"sudo kill {holder}", check=False)
-    assert_repaired(converged, report_dir / "repair")
-    assert converged.run(f"stat -c %a {CHARDEV}").strip() == stat_mode(CHARDEV)
+
+    # Round 3: hello-5's hidden parameter changed by a reload.
+    wanted = HELLO5.wanted_params()["myshort"]
+    other = wanted + 1
+    converged.run(f"sudo rmmod hello_5 && sudo modprobe hello-5 myshort={other}")
+    # The visible parameters are as wanted (modprobe.d), only the hidden one differs.
+    assert converged.run("cat /sys/module/hello_5/parameters/myint").strip() == str(
+        HELLO5.wanted_params()["myint"]
+    ), "hello-5's visible myint is not the wanted one after the reload by hand"
+    output, report = verify_alone(converged, report_dir / "verify")
+    assert_caught(
+        output,
+        report,
+        {
+            "hello-5": {"test_params": rf"myshort.*{other}"},
+            "chardev": {"test_dev_nodes": rf"{re.escape(CHARDEV)}.*(0600|mode)"},
+        },
+    )
+
+    repaired = assert_repaired(converged, report_dir / "repair")
+    assert converged.run(f"stat -c %a {CHARDEV}").strip() == stat_mode(CHARDEV), (
+        f"the repair did not restore the mode of {CHARDEV}"
+    )
+    assert "myshort" in repaired, "the repair does not say it reloads hello-5 for myshort"
+    log = converged.run("sudo dmesg | grep 'hello_5: myshort=' | tail -1")
+    assert f"myshort={wanted}" in log, log

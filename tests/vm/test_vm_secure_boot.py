@@ -8,7 +8,8 @@ running modules left as they were (a key file others can read, a wrong vault pas
 key the firmware does not trust, a module signed with another key, a module altered after
 signing); then a key rotation, which also proves the online enrolment path a real host
 takes (``mokutil --import``, reboot, MokManager answered over the serial console by
-``kmodlab vm enroll``) and the deletion of the old key from MokList.
+``kmodlab vm enroll``) and the deletion of the old key from MokList; the report of its
+last run shows Secure Boot, lockdown and every module signed by the project key.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmhelpers import ROOT, SB, VENV, Guest, ansible_env, kmodlab, playbook, recap
+from vmhelpers import (
+    ROOT,
+    SB,
+    VENV,
+    Guest,
+    ansible_env,
+    default_reports,
+    kmodlab,
+    playbook,
+    recap,
+)
 
 from kmodlab import keys
 from kmodlab.manifest import load_manifest
@@ -119,31 +130,6 @@ def test_every_module_loaded_signed_by_the_project_key_under_lockdown(
     assert "mok_signing_key=/etc/kmodlab/signing/signing.key" in dropin
     assert sb.run("sudo stat -c %a:%U /etc/kmodlab/signing/signing.key").strip() == "600:root"
     assert "rc=1" in sb.run("sudo test -e /var/lib/dkms/mok.key", check=False)
-
-
-def test_report_shows_signed_modules_and_secure_boot(
-    sb_converged: Guest, project_key: keys.KeyPair, tmp_path: Path
-) -> None:
-    proc = sb_play(
-        sb_converged,
-        "--tags",
-        "module_signing,kmod_verify",
-        "-e",
-        f"kmod_verify_report_dir={tmp_path}",
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    (host,) = report["hosts"]
-    assert host["secure_boot"]["secure_boot"] is True, host["secure_boot"]
-    assert host["lockdown"] in ("integrity", "confidentiality")
-    assert host["signing"]["trusted"] is True
-    assert host["signing"]["sig_key"] == project_key.cert.sig_key
-    assert {m["name"] for m in host["modules"]} == set(LAB_MODULES)
-    for module in host["modules"]:
-        assert module["stages"]["signed"] == "pass", module
-        assert module["signature"]["signer"] == project_key.cert.common_name, module
-    header = next(ln for ln in (tmp_path / "report.txt").read_text().splitlines() if "signed" in ln)
-    assert "loaded" in header
 
 
 def test_key_readable_by_others_stops_before_any_host_is_touched(sb_converged: Guest) -> None:
@@ -301,6 +287,10 @@ def _test_key(sb: Guest, der: Path) -> str:
 def test_rotation_enrols_online_resigns_reloads_and_retires_the_old_key(
     sb_converged: Guest, project_key: keys.KeyPair
 ) -> None:
+    """The rotation in four steps (below); then (5.) the report its last run writes to
+    the default report folder, as users read it, shows Secure Boot on, lockdown, the
+    project key (the new one) trusted, and every module signed by it (formerly a
+    verify run of its own, test_report_shows_signed_modules_and_secure_boot)."""
     sb = sb_converged
     old = keys.load(keys.DEFAULT_NAME).cert
     new = keys.rotate(keys.DEFAULT_NAME).cert
@@ -353,6 +343,29 @@ def test_rotation_enrols_online_resigns_reloads_and_retires_the_old_key(
     assert "is not enrolled" in _test_key(sb, previous_der)
     assert "is already enrolled" in _test_key(sb, new.der_path)
     assert set(KMODS.values()) <= set(loaded(sb))
+    last_run = time.time()
     proc = sb_play(sb)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert (recap(proc.stdout, SB) or {}).get("changed") == 0, proc.stdout[-4000:]
+
+    # 5. The report of that last run: Secure Boot, lockdown, every module signed by the
+    #    project key, which the kernel trusts.
+    reports = default_reports()
+    assert (reports / "report.json").stat().st_mtime >= last_run - 1, (
+        f"{reports}/report.json is older than the last run"
+    )
+    report = json.loads((reports / "report.json").read_text())
+    (host,) = report["hosts"]
+    assert host["host"] == SB, f"the report is of {host['host']}, not {SB}"
+    assert host["secure_boot"]["secure_boot"] is True, host["secure_boot"]
+    assert host["lockdown"] in ("integrity", "confidentiality"), f"lockdown {host['lockdown']}"
+    assert host["signing"]["trusted"] is True, f"the kernel does not trust: {host['signing']}"
+    assert host["signing"]["sig_key"] == new.sig_key, (
+        f"report key {host['signing']['sig_key']}, project key {new.sig_key}"
+    )
+    assert {m["name"] for m in host["modules"]} == set(LAB_MODULES), host["modules"]
+    for module in host["modules"]:
+        assert module["stages"]["signed"] == "pass", module
+        assert module["signature"]["signer"] == new.common_name, module
+    header = next(ln for ln in (reports / "report.txt").read_text().splitlines() if "signed" in ln)
+    assert "loaded" in header, f"report.txt header without a loaded column: {header}"

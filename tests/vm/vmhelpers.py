@@ -83,6 +83,13 @@ def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.Complet
     )
 
 
+def default_reports() -> Path:
+    """The report folder lab.yml writes to when kmod_verify_report_dir is not given (the
+    role's default, from the environment the runs inherit)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(state) / "kmodlab/reports"
+
+
 def recap(output: str, host: str = PLAIN) -> dict[str, int] | None:
     """The host's PLAY RECAP counters; None when the play never reached the host."""
     for line in output.splitlines():
