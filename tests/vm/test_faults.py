@@ -22,7 +22,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from vmhelpers import PLAIN, ROOT, Guest, playbook, recap
+from vmhelpers import LAB_MODULES, PLAIN, ROOT, Guest, playbook, recap
 
 from kmodlab.manifest import load_manifest
 
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.usefixtures("restores_lab")
 HELLO5 = load_manifest(ROOT / "modules/hello-5")
 _MEMORY = load_manifest(ROOT / "modules/memory")
 MEMORY_MAJOR = _MEMORY.expected_major(_MEMORY.expect.proc_devices[0], _MEMORY.wanted_params())
-LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
 # The /dev nodes the manifests expect, and the two the rounds tamper with.
 DEV_NODES = {
     name: load_manifest(ROOT / "modules" / name).expect.dev_nodes[0]

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vmhelpers import ROOT, Guest, assert_not_reached, playbook
+from vmhelpers import LAB_MODULES, ROOT, Guest, assert_not_reached, playbook
 
 from kmodlab.manifest import load_manifest
 
-LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
 HELLO5 = load_manifest(ROOT / "modules/hello-5").wanted_params()
 _MEMORY = load_manifest(ROOT / "modules/memory")
 MEMORY_MAJOR = _MEMORY.expected_major(_MEMORY.expect.proc_devices[0], _MEMORY.wanted_params())

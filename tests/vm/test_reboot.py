@@ -17,14 +17,13 @@ import secrets
 
 import pytest
 from ansible_collections.kmodlab.lab.plugins.module_utils.params import sysfs_value
-from vmhelpers import ROOT, Guest, playbook, reboot
+from vmhelpers import LAB_MODULES, ROOT, Guest, playbook, reboot
 
 from kmodlab.manifest import load_manifest
 
 # A failure halfway leaves the lab converged again for the tests after it.
 pytestmark = pytest.mark.usefixtures("restores_lab")
 
-LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
 # Not loaded at boot: one present but not persisted, one only configured (options
 # written, not in modules-load.d).
 NOT_AT_BOOT = {"hello-1": {"persist": False}, "hello-2": {"state": "config", "persist": False}}

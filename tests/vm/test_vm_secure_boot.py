@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from vmhelpers import (
+    LAB_MODULES,
     ROOT,
     SB,
     VENV,
@@ -38,7 +39,6 @@ from vmhelpers import (
 from kmodlab import keys
 from kmodlab.manifest import load_manifest
 
-LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
 KMODS = {name: load_manifest(ROOT / "modules" / name).kmod for name in LAB_MODULES}
 TAINT_E = 8192
 

@@ -21,11 +21,10 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from vmhelpers import PLAIN, ROOT, SB, Guest, playbook, recap
+from vmhelpers import LAB_MODULES, PLAIN, ROOT, SB, Guest, playbook, recap
 
 from kmodlab.lab import inventory
 
-LAB_MODULES = sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
 GONE = "t-gone"
 
 

@@ -331,3 +331,46 @@ def test_kernel_upgrade_boots_with_the_modules(fleet: dict[str, Guest], artifact
     assert kmods <= loaded, sorted(loaded)
     again = verify_playbook(canary, CANARY)
     assert again.returncode == 0, again.stdout[-5000:]
+
+
+def catalog() -> list[str]:
+    """Every module of modules/: the teaching catalog and the seed drivers."""
+    return sorted(p.parent.name for p in (ROOT / "modules").glob("*/module.yml"))
+
+
+def test_the_whole_catalog_loads_and_verifies_on_one_vm(
+    fleet: dict[str, Guest], tmp_path: Path
+) -> None:
+    """Every module of the catalog, built in the container builder, installed as
+    packages, loaded with its lab parameters and verified by its manifest's checks on
+    one VM of the release's current kernel (t-fc; a plain VM: no Secure Boot). The
+    simulated GPIO chip's interrupts are seen by the kernel: /proc/interrupts counts
+    them on its lines."""
+    guest = fleet[THIRD]
+    names = catalog()
+    selection = {"kmodlab_modules": [{"name": n} for n in names]}
+    start = time.monotonic()
+    proc = fleet_playbook(
+        guest,
+        "-e",
+        json.dumps(selection),
+        "-e",
+        json.dumps({"kmod_verify_report_dir": str(tmp_path)}),
+        limit=THIRD,
+    )
+    elapsed = time.monotonic() - start
+    (guest.lab.path / "catalog.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    print(f"catalog: {len(names)} modules converged and verified in {elapsed:.0f} s")
+    report = json.loads((tmp_path / "report.json").read_text())
+    (host,) = [h for h in report["hosts"] if h["host"] == THIRD]
+    assert not host["problems"], host["problems"]
+    verified = {m["name"] for m in host["modules"] if not m["failures"]}
+    assert verified == set(names), sorted(set(names) - verified)
+    loaded = set(guest.run("cut -d' ' -f1 /proc/modules").split())
+    kmods = {load_manifest(ROOT / "modules" / n).kmod for n in names}
+    assert kmods <= loaded, sorted(kmods - loaded)
+    if "simgpio" in names:
+        lines = [ln for ln in guest.run("cat /proc/interrupts").splitlines() if "simgpio" in ln]
+        counts = [sum(int(f) for f in ln.split()[1:3] if f.isdigit()) for ln in lines]
+        assert lines and any(counts), lines

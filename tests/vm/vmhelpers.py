@@ -18,6 +18,14 @@ import yaml
 from kmodlab.lab import vms
 
 ROOT = Path(__file__).resolve().parents[2]
+# The modules lab.yml loads on the lab VMs: the lab inventory's selection (the catalog's
+# first labs; the whole catalog is proven through the builder, test_zzz_fleet.py).
+LAB_MODULES = sorted(
+    entry["name"]
+    for entry in yaml.safe_load((ROOT / "inventory/lab/group_vars/all.yml").read_text())[
+        "kmodlab_modules"
+    ]
+)
 VENV = ROOT / ".venv/bin"
 PLAIN = "t-plain"
 SB = "t-sb"
