@@ -63,6 +63,14 @@ def run(raw: list[dict[str, Any]], log=no_log) -> tuple[list[dict[str, Any]], li
     return results, judge(raw, results)
 
 
+def verdict_of(raw: list[dict[str, Any]], log=no_log) -> list[str]:
+    return run(raw, log)[1]
+
+
+def outcome(raw: list[dict[str, Any]], log=no_log) -> list[dict[str, Any]]:
+    return run(raw, log)[0]
+
+
 def test_ioctl_numbers_are_encoded_as_the_kernel_does():
     # _IOR('k', 1, int) and _IOW('k', 2, char[64]) on x86-64, and a plain number
     assert ioctl_number({"dir": "read", "type": "k", "nr": 1, "size": 4}) == 0x80046B01
@@ -85,9 +93,9 @@ def test_read_write_and_handles(tmp_path: Path):
     )
     assert verdict == [], results
     assert target.read_text() == "hello world"
-    _, verdict = run([{"op": "read", "path": str(target), "size": 5, "expect": r"\Ahello\Z"}])
+    verdict = verdict_of([{"op": "read", "path": str(target), "size": 5, "expect": r"\Ahello\Z"}])
     assert verdict == []
-    _, verdict = run([{"op": "read", "path": str(target), "expect": r"\Anope\Z"}])
+    verdict = verdict_of([{"op": "read", "path": str(target), "expect": r"\Anope\Z"}])
     assert verdict and "read 'hello world', expected /\\Anope\\Z/" in verdict[0]
 
 
@@ -97,15 +105,16 @@ def test_write_never_creates_and_errors_are_named(tmp_path: Path):
     assert not missing.exists()
     assert results[0]["errno"] == "ENOENT"
     assert verdict and "failed: ENOENT: No such file or directory" in verdict[0]
-    _, verdict = run([{"op": "write", "path": str(missing), "data": "x", "error": "ENOENT"}])
+    verdict = verdict_of([{"op": "write", "path": str(missing), "data": "x", "error": "ENOENT"}])
     assert verdict == []
-    _, verdict = run([{"op": "write", "path": str(missing), "data": "x", "error": "EINVAL"}])
+    verdict = verdict_of([{"op": "write", "path": str(missing), "data": "x", "error": "EINVAL"}])
     assert (
         verdict
         and "failed with ENOENT (No such file or directory), expected EINVAL" in (verdict[0])
     )
     (tmp_path / "f").write_text("")
-    _, verdict = run([{"op": "write", "path": str(tmp_path / "f"), "data": "x", "error": "EIO"}])
+    plain = str(tmp_path / "f")
+    verdict = verdict_of([{"op": "write", "path": plain, "data": "x", "error": "EIO"}])
     assert verdict and "succeeded, expected EIO (Input/output error)" in verdict[0]
 
 
@@ -125,7 +134,7 @@ def test_open_that_blocks_until_another_step_happens(tmp_path: Path):
     assert results[0] == {"ok": True, "blocked": True}
     assert verdict == [], results
     # O_NONBLOCK on the writing end without a reader: ENXIO, named as such
-    _, verdict = run(
+    verdict = verdict_of(
         [
             {
                 "op": "open",
@@ -179,7 +188,7 @@ def test_ioctl_with_an_int_pointer_and_by_value():
         )
         assert results[0]["value"] == 3 and results[0]["return"] == 0, results
         assert verdict == []
-        _, verdict = run(
+        verdict = verdict_of(
             [
                 {
                     "op": "ioctl",
@@ -200,7 +209,7 @@ def test_ioctl_on_a_file_that_has_none_is_enotty(tmp_path: Path):
     (tmp_path / "f").write_text("")
     tcgets = {"dir": "none", "type": "T", "nr": 1}
     steps = [{"op": "ioctl", "path": str(tmp_path / "f"), "request": tcgets, "error": "ENOTTY"}]
-    _, verdict = run(steps)
+    verdict = verdict_of(steps)
     assert verdict == []
     # a string buffer goes in and comes back (TIOCGWINSZ on a pty writes 8 bytes)
     leader, follower = os.openpty()
@@ -233,10 +242,10 @@ def test_poll_a_path_and_the_kernel_log(tmp_path: Path):
 
     thread = threading.Thread(target=bump)
     thread.start()
-    _, verdict = run([{"op": "poll", "path": str(counter), "expect": r"\A[1-9]", "timeout": 5}])
+    verdict = verdict_of([{"op": "poll", "path": str(counter), "expect": r"\A[1-9]", "timeout": 5}])
     thread.join()
     assert verdict == []
-    _, verdict = run([{"op": "poll", "path": str(counter), "expect": r"\A9", "timeout": 0.5}])
+    verdict = verdict_of([{"op": "poll", "path": str(counter), "expect": r"\A9", "timeout": 0.5}])
     assert verdict and "no match for /\\A9/ within 0.5 s; last seen '7\\n'" in verdict[0]
 
     log = [(1, 6, "irq: old line 3")]
@@ -249,23 +258,23 @@ def test_poll_a_path_and_the_kernel_log(tmp_path: Path):
         return list(log)
 
     # the old line is before the check started: only the new one may match
-    _, verdict = run(
+    verdict = verdict_of(
         [{"op": "poll", "dmesg": True, "expect": "handled line 3", "timeout": 2}], records
     )
     assert verdict == []
     log[:] = [(1, 6, "irq: old line 3")]
-    _, verdict = run(
+    verdict = verdict_of(
         [{"op": "poll", "dmesg": True, "expect": "old line 3", "timeout": 0.5}], lambda: log
     )
     assert verdict and "no match" in verdict[0]
 
 
 def test_run_checks_rc_and_stdout():
-    _, verdict = run([{"op": "run", "argv": ["sh", "-c", "echo hello"], "expect": "^hello$"}])
+    verdict = verdict_of([{"op": "run", "argv": ["sh", "-c", "echo hello"], "expect": "^hello$"}])
     assert verdict == []
-    _, verdict = run([{"op": "run", "argv": ["sh", "-c", "echo oops >&2; exit 3"]}])
+    verdict = verdict_of([{"op": "run", "argv": ["sh", "-c", "echo oops >&2; exit 3"]}])
     assert verdict and "exited 3, expected 0: oops" in verdict[0]
-    _, verdict = run([{"op": "run", "argv": ["sh", "-c", "exit 3"], "rc": 3}])
+    verdict = verdict_of([{"op": "run", "argv": ["sh", "-c", "exit 3"], "rc": 3}])
     assert verdict == []
     results, verdict = run([{"op": "run", "argv": ["/nonexistent/tool"]}])
     assert results[0]["errno"] == "ENOENT" and verdict
@@ -290,5 +299,5 @@ def test_steps_that_do_not_fit_their_op_are_refused():
 
 def test_read_data_is_base64_so_binary_survives(tmp_path: Path):
     (tmp_path / "bin").write_bytes(b"\x00\xff\n")
-    results, _ = run([{"op": "read", "path": str(tmp_path / "bin")}])
+    results = outcome([{"op": "read", "path": str(tmp_path / "bin")}])
     assert base64.b64decode(results[0]["data_b64"]) == b"\x00\xff\n"

@@ -275,3 +275,17 @@ def test_the_collector_asks_dpkg_and_reads_the_rollout_state(tmp_path: Path):
         "not the rollout state's JSON"
         in run_collector({"rollout": str(path)}, tmp_path)["rollout"]["error"]
     )
+
+
+def test_a_whole_catalog_request_fits_one_ssh_command(tmp_path: Path):
+    """observe sends bootstrap, zip and request as one remote command, which is one
+    argument of ssh: at most 128 KiB (MAX_ARG_STRLEN). A request as large as the whole
+    catalog's (~100 KB of JSON) is sent compressed, and the collector reads it."""
+    paths = [str(tmp_path / f"missing-{n:05d}-{'x' * 60}") for n in range(2000)]
+    request = {"stat": paths, "read": paths[:10]}
+    assert len(json.dumps(request)) > 131072
+    argv = collector_argv(request)
+    assert sum(len(a) for a in argv) < 131072 // 2, [len(a) for a in argv]
+    out = run_collector(request, tmp_path)
+    assert set(out["stat"]) == set(paths)
+    assert all(not entry["exists"] for entry in out["stat"].values())

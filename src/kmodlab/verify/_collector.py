@@ -43,6 +43,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 from ansible_collections.kmodlab.lab.plugins.module_utils.buildid import build_id
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import read_tree
@@ -190,8 +191,16 @@ def collect(request: dict) -> dict:
     return result
 
 
+def decode_request(arg: str) -> dict:
+    """The request: its JSON, or (as ``observe`` sends it, to stay far below the
+    128 KiB limit of one command-line argument) ``z:`` + base64 of its zlib."""
+    if arg.startswith("z:"):
+        return json.loads(zlib.decompress(base64.b64decode(arg[2:])))
+    return json.loads(arg)
+
+
 def main(argv: list[str]) -> int:
-    request = json.loads(argv[1])
+    request = decode_request(argv[1])
     sys.stdout.write(json.dumps(collect(request)))
     return 0
 

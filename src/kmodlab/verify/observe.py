@@ -28,6 +28,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -440,7 +441,8 @@ def collector_argv(request: dict[str, Any] | str) -> list[str]:
     """``python3 ...`` arguments that run the collector on ``request`` (a dict or its
     JSON): ``["-c", BOOTSTRAP, payload, request]``, as ``observe`` sends them."""
     text = request if isinstance(request, str) else json.dumps(request, separators=(",", ":"))
-    return ["-c", BOOTSTRAP, collector_payload(), text]
+    packed = "z:" + base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+    return ["-c", BOOTSTRAP, collector_payload(), packed]
 
 
 def collector_source() -> str:

@@ -52,6 +52,7 @@ or failed (a task failed on it earlier), never left out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import functools
 import os
@@ -109,6 +110,9 @@ _TESTINFRA_OPTIONS = (
     "force_ansible",
 )
 _OBSERVED: dict[tuple[str, str], Observation | HostUnreachable | str] = {}
+# One case per host and expectation file still to observe (filled when cases are built).
+_TO_OBSERVE: dict[tuple[str, str], Case] = {}
+MAX_PARALLEL_HOSTS = 8
 # (test, case id) -> why the test runs for a case it should not, or should but was not
 # selected for; set while generating the tests, raised when the test runs.
 _MISMATCH: dict[tuple[str, str], str] = {}
@@ -244,6 +248,9 @@ def _cases(config: pytest.Config, module: Any) -> list[Case]:
         cached = build_cases(hosts, directory, error)
         cached += _dropped_cases(config, {case.host_name for case in cached})
         config._kmodlab_cases = cached  # type: ignore[attr-defined]
+        for case in cached:
+            if case.error is None and case.expectation is not None:
+                _TO_OBSERVE.setdefault(_key(case), case)
     return cached
 
 
@@ -381,17 +388,40 @@ def _unreachable_fix(name: str) -> str:
     )
 
 
+def _observe(case: Case) -> Observation | HostUnreachable | str:
+    assert case.expectation is not None
+    try:
+        return observe(case.host, case.expectation)
+    except HostUnreachable as exc:  # every test of the host is unreachable
+        return exc
+    except Exception as exc:  # collector crash: every test of the host fails
+        return f"cannot observe {case.host_name}: {type(exc).__name__}: {exc}"
+
+
+def _observe_all(case: Case) -> None:
+    """Observe ``case``'s host, and at the same time every other host not observed yet:
+    one collector round trip per host, all hosts at once (a batch of TCG guests takes
+    as long as its slowest host, not the sum)."""
+    todo = {_key(case): case}
+    for key, other in _TO_OBSERVE.items():
+        todo.setdefault(key, other)
+    todo = {key: c for key, c in todo.items() if key not in _OBSERVED}
+    workers = min(MAX_PARALLEL_HOSTS, len(todo))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for key, value in zip(todo, pool.map(_observe, todo.values()), strict=True):
+            _OBSERVED[key] = value
+
+
+def _key(case: Case) -> tuple[str, str]:
+    return (case.host_name, str(case.expectation.path if case.expectation else ""))
+
+
 def _observation(case: Case) -> Observation:
     if case.error is not None or case.expectation is None:
         _fail(case, case.error or "no expectation")
-    key = (case.host_name, str(case.expectation.path))
+    key = _key(case)
     if key not in _OBSERVED:
-        try:
-            _OBSERVED[key] = observe(case.host, case.expectation)
-        except HostUnreachable as exc:  # every test of the host is unreachable
-            _OBSERVED[key] = exc
-        except Exception as exc:  # collector crash: every test of the host fails
-            _OBSERVED[key] = f"cannot observe {case.host_name}: {type(exc).__name__}: {exc}"
+        _observe_all(case)
     value = _OBSERVED[key]
     if isinstance(value, HostUnreachable):
         _unreachable(
