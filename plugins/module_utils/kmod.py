@@ -417,7 +417,11 @@ def plan(
         st = states[name]
         refcount = st.get("refcount") or 0
         managed_holders = [h for h in st.get("holders") or [] if h in by_kmod]
-        if refcount > len(managed_holders):
+        # Every managed holder is unloaded first (reload or unload, above). A holder may
+        # hold more than one reference (a GPIO line it requested counts one each, as
+        # does an open file), so with holders the count cannot tell a stranger's
+        # reference from theirs: only a module nobody holds is judged by its refcount.
+        if refcount > 0 and not managed_holders:
             holders = ", ".join(st.get("holders") or []) or "none"
             blocked.append(
                 f"{name} must be unloaded ({'; '.join(reasons[name])}) but is in use (refcount "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "docs/catalog.md"
 LINK = re.compile(r"\[([a-z0-9_-]+)\]\(\.\./modules/([a-z0-9_-]+)\)")
@@ -21,3 +23,10 @@ def test_every_module_is_in_the_catalog_and_every_row_exists() -> None:
     modules = {p.parent.name for p in (REPO / "modules").glob("*/module.yml")}
     missing = sorted(modules - {folder for _label, folder in links})
     assert not missing, f"modules not in docs/catalog.md: {missing}"
+
+
+def test_the_catalog_vars_file_selects_every_module() -> None:
+    data = yaml.safe_load((REPO / "vars/catalog.yml").read_text())
+    names = [entry["name"] for entry in data["kmodlab_modules"]]
+    modules = sorted(p.parent.name for p in (REPO / "modules").glob("*/module.yml"))
+    assert names == modules

@@ -241,6 +241,13 @@ def test_plan_blocks_and_conflicts(records):
     busy = {"base": loaded_state({"level": "2"}, refcount=1)}
     out = k.plan([base], busy, {}, {}, {}, {})
     assert "in use (refcount 1" in out["blocked"][0]
+    # a holder that is reloaded with it may hold several references (GPIO lines it
+    # requested, files it opened): not a stranger's use
+    holders = {
+        "base": loaded_state({"level": "2"}, holders=["user"], refcount=4),
+        "user": loaded_state({}),
+    }
+    assert k.plan([base, records["user"]], holders)["blocked"] == []
     foreign = {"base": loaded_state({"level": "2"}, holders=["stranger"], refcount=1)}
     assert "stranger, which kmodlab does not manage" in k.plan([base], foreign)["blocked"][0]
     memory = records["memory"]
