@@ -371,6 +371,48 @@ def inventory(lab_dir: LabOpt = None) -> None:
     out.print(str(inventory_mod.write(_lab(lab_dir))))
 
 
+module_app = typer.Typer(
+    help="Modules kmodlab did not write: manifest drafts.", no_args_is_help=True
+)
+app.add_typer(module_app, name="module")
+
+
+@module_app.command("import")
+@clean_errors
+def module_import(
+    source: Annotated[
+        Path,
+        typer.Argument(help="a .ko file, a folder of built .ko files, or a source folder"),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="manifest folder: writes OUTPUT/NAME/module.yml (default: print)"
+        ),
+    ] = None,
+    headers: Annotated[
+        Path | None,
+        typer.Option("--headers", help="kernel build tree to build a source folder against"),
+    ] = None,
+) -> None:
+    """Write a module.yml draft for each module of SOURCE, read from the built module:
+    name, version, licence, author, description, every parameter's type, mode, array
+    size and initial value. A source folder without .ko files is built first."""
+    from kmodlab.importer import ModuleImportError, import_source
+
+    drafts = import_source(source, headers)
+    for name, text in drafts:
+        if output is None:
+            out.print(text, markup=False, highlight=False, soft_wrap=True)
+            continue
+        path = output / name / "module.yml"
+        if path.exists():
+            raise ModuleImportError(f"{path} exists: not overwritten (remove it, or choose -o)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out.print(f"{name}: {path}", highlight=False)
+
+
 @app.command("report")
 @clean_errors
 def report(
