@@ -7,7 +7,7 @@ collection's ``plugins/module_utils`` (``kmodlab.verify.observe.collector_zip``)
 it imports the same readers as the Ansible modules, as they import them; the host needs
 nothing but python3. One round trip observes everything a host's tests need. It makes
 no decisions: the checks run on the controller (``kmodlab.verify.checks``). The request
-(JSON, argv[1]) holds:
+(argv[1], JSON as such or compressed: ``decode_request``) holds:
 
     stat:       paths to stat (files.stat_path: type, mode, major/minor of device nodes)
     read:       paths whose content to read (never device nodes)
