@@ -12,7 +12,8 @@ Every step's result is a dict: ``ok`` (the system call or command succeeded), ``
 (its name when it failed) and ``error`` (its text), and what the step produced:
 ``data_b64`` (read), ``return``, ``value``, ``buffer_b64`` (ioctl), ``rc``, ``stdout``,
 ``stderr`` (run), ``matched`` and ``last`` (poll); ``blocked`` for a step that runs in
-the background (its outcome is the result of the ``wait`` step that names it);
+the background (its outcome is the result of the ``wait`` step that names it, or
+``still_blocked`` when it has not finished by the wait's timeout);
 ``elapsed`` in seconds.
 """
 
@@ -218,7 +219,12 @@ class _Check:
         timeout = float(step.get("timeout") or 10)
         thread.join(timeout)
         if thread.is_alive():
-            return {"ok": False, "errno": None, "error": f"still blocked after {timeout:g} s"}
+            return {
+                "ok": False,
+                "errno": None,
+                "still_blocked": True,
+                "error": f"still blocked after {timeout:g} s",
+            }
         return dict(box)
 
     def close_all(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,8 +25,10 @@ from pydantic import ValidationError
 from kmodlab.koinfo import KoError, KoInfo, read_ko
 from kmodlab.lab.errors import LabError
 from kmodlab.manifest import Manifest
+from kmodlab.package import read_dkms_conf
 
 SOURCE_PATTERNS = ("*.c", "*.h", "Kbuild", "Makefile", "dkms.conf")
+# What kbuild leaves in a module folder: never copied into a build.
 BUILD_OUTPUT = ("*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "modules.order", "Module.symvers")
 
 
@@ -35,19 +36,25 @@ class ModuleImportError(LabError):
     """Why no draft could be made, and what to do."""
 
 
-def default_headers() -> Path | None:
-    """Where to build: $KMODLAB_KERNEL_HEADERS, the running kernel's build tree, or the
-    newest /usr/src/linux-headers-*-amd64."""
+def newest_headers() -> Path | None:
+    """$KMODLAB_KERNEL_HEADERS, else the newest /usr/src/linux-headers-*-amd64 build
+    tree (Debian's linux-headers-amd64), else None."""
     chosen = os.environ.get("KMODLAB_KERNEL_HEADERS")
     if chosen:
         return Path(chosen)
-    running = Path("/lib/modules") / os.uname().release / "build"
-    if (running / "Makefile").is_file():
-        return running
     trees = [
         p for p in Path("/usr/src").glob("linux-headers-*-amd64") if (p / "Makefile").is_file()
     ]
     return max(trees, key=_version_key) if trees else None
+
+
+def default_headers() -> Path | None:
+    """Where to build: $KMODLAB_KERNEL_HEADERS, the running kernel's build tree, or the
+    newest /usr/src/linux-headers-*-amd64."""
+    running = Path("/lib/modules") / os.uname().release / "build"
+    if not os.environ.get("KMODLAB_KERNEL_HEADERS") and (running / "Makefile").is_file():
+        return running
+    return newest_headers()
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -55,20 +62,9 @@ def _version_key(path: Path) -> tuple[int, ...]:
 
 
 def dkms_conf(directory: Path) -> dict[str, str]:
-    """PACKAGE_NAME, PACKAGE_VERSION and other plain assignments of a dkms.conf."""
+    """The assignments of ``directory``'s dkms.conf, if it has one."""
     path = directory / "dkms.conf"
-    out: dict[str, str] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        match = re.match(r"^\s*([A-Z_]+(?:\[\d+\])?)=(.*)$", line)
-        if match:
-            try:
-                words = shlex.split(match.group(2))
-            except ValueError:
-                continue
-            out[match.group(1)] = words[0] if words else ""
-    return out
+    return read_dkms_conf(path.read_text(errors="replace")) if path.is_file() else {}
 
 
 def build(source: Path, headers: Path) -> tuple[Path, list[Path]]:

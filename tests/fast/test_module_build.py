@@ -12,7 +12,6 @@ knows the symbols it uses, with their CRCs, and records the dependency in the ``
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -20,30 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from kmodlab.importer import BUILD_OUTPUT, newest_headers
 from kmodlab.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "modules"
 MODULE_NAMES = sorted(p.parent.name for p in MODULES.glob("*/module.yml"))
-
-# What kbuild leaves behind when someone built in the repo by hand: never copy it.
-BUILD_OUTPUT = ("*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "modules.order", "Module.symvers")
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", path.name))
-
-
-def newest_headers() -> Path | None:
-    """The kernel build tree to use, or None when the machine has none."""
-    chosen = os.environ.get("KMODLAB_KERNEL_HEADERS")
-    if chosen:
-        return Path(chosen)
-    trees = [
-        p for p in Path("/usr/src").glob("linux-headers-*-amd64") if (p / "Makefile").is_file()
-    ]
-    return max(trees, key=_version_key) if trees else None
-
 
 HEADERS = newest_headers()
 MISSING = [tool for tool in ("make", "gcc") if shutil.which(tool) is None]

@@ -23,6 +23,7 @@ from kmodlab.package import (
     PackageError,
     keep_symvers_script,
     packages_for,
+    read_dkms_conf,
     render,
     write,
 )
@@ -323,3 +324,20 @@ def test_the_lookup_documents_its_options():
     assert doc["options"]["autoinstall"]["default"] is True
     assert yaml.safe_load(plugin.EXAMPLES)
     assert "_list" in yaml.safe_load(plugin.RETURN)
+
+
+def test_read_dkms_conf_takes_assignments_as_the_shell_unquotes_them():
+    text = (
+        'PACKAGE_NAME="vendor-widgets"\n'
+        "PACKAGE_VERSION=2.3.1  # the release\n"
+        "BUILT_MODULE_NAME[1]='beta'\n"
+        'MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/x KVER=$kernelver"\n'
+        "CLEAN=make clean\n"
+        "echo not an assignment\n"
+    )
+    assert read_dkms_conf(text) == {
+        "PACKAGE_NAME": "vendor-widgets",
+        "PACKAGE_VERSION": "2.3.1",
+        "BUILT_MODULE_NAME[1]": "beta",
+        "MAKE[0]": "make -C ${kernel_source_dir} M=${dkms_tree}/x KVER=$kernelver",
+    }

@@ -133,20 +133,16 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()
 
 
-_MAKE_RE = re.compile(r"""^\s*MAKE\[0\]=(?:"([^"]*)"|'([^']*)')\s*$""", re.MULTILINE)
-
-
 def shipped_make(name: str, version: str, dkms_conf: str) -> str:
     """The MAKE[0] line of a module's own dkms.conf, with the kernel folder as @KDIR@, the
     kernel as @ABI@ and the build folder as /w/NAME; BuildError when it has none or uses
     a variable the builder does not know."""
-    found = _MAKE_RE.search(dkms_conf)
-    if not found:
+    line = package_mod.read_dkms_conf(dkms_conf).get("MAKE[0]")
+    if not line:
         raise BuildError(
             f'module {name}: its own dkms.conf has no MAKE[0]="..." line the container '
             "builder can run: add one (make -C ${kernel_source_dir} M=... modules)"
         )
-    line = found.group(1) if found.group(1) is not None else found.group(2)
     build_dir = f"/w/{name}"
     for var, value in (
         ("dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build", build_dir),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -151,6 +152,27 @@ def render(
         files[KEEP_SYMVERS] = keep_symvers_script()
         executables = (KEEP_SYMVERS,)
     return Package(name, version, files, executables, depends)
+
+
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)=(.*)$")
+
+
+def read_dkms_conf(text: str) -> dict[str, str]:
+    """The plain assignments of a dkms.conf (``PACKAGE_NAME``, ``MAKE[0]``, ...), their
+    values unquoted as the shell would, unexpanded. A line that is not one assignment
+    of one word (a command, an unquoted value with spaces) is left out."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _ASSIGNMENT.match(line)
+        if not match:
+            continue
+        try:
+            words = shlex.split(match.group(2), comments=True)
+        except ValueError:
+            continue
+        if len(words) <= 1:
+            out[match.group(1)] = words[0] if words else ""
+    return out
 
 
 def dkms_conf(

@@ -883,11 +883,7 @@ def functional(record: dict[str, Any], index: int, obs: Observation) -> list[str
             blocked[step["blocks"]] = (number, step)
             continue
         if step["op"] == "wait":
-            if (
-                not res.get("ok")
-                and res.get("errno") is None
-                and "still blocked" in str(res.get("error"))
-            ):
+            if res.get("still_blocked"):
                 return [f"{what}: {res.get('error')}"]
             number, step = blocked[step["for"]]
             what = _step_name(number, step) + ", once unblocked"
