@@ -18,7 +18,13 @@ from ansible.plugins.action import ActionBase
 
 try:
     from kmodlab.manifest import ManifestError
-    from kmodlab.selection import SelectionError, resolve_layers
+    from kmodlab.selection import (
+        SelectionError,
+        manifest_dirs,
+        resolve_delivery,
+        resolve_layers,
+    )
+    from kmodlab.sources import SourceError
 except ImportError as exc:  # the controller runs Ansible outside the kmodlab virtualenv
     IMPORT_ERROR: ImportError | None = exc
 else:
@@ -27,6 +33,7 @@ else:
 # The collection's own catalog: modules/NAME/module.yml beside plugins/.
 CATALOG = Path(__file__).resolve().parents[2] / "modules"
 FACT = "kmodlab_selection"
+DELIVERY_FACT = "kmodlab_delivery"
 _ARGS = {
     "modules": "kmodlab_modules",
     "group_modules": "kmodlab_group_modules",
@@ -37,7 +44,9 @@ _ARGS = {
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
-    _VALID_ARGS = frozenset(("modules", "group_modules", "host_modules", "manifest_dir"))
+    _VALID_ARGS = frozenset(
+        ("modules", "group_modules", "host_modules", "manifest_dirs", "delivery")
+    )
 
     def run(
         self, tmp: str | None = None, task_vars: dict[str, Any] | None = None
@@ -66,19 +75,24 @@ class ActionModule(ActionBase):
                 "e.g. kmodlab_modules: [{name: hello-5, params: {myint: 7}}]",
             )
             return result
-        manifest_dir = self._task.args.get("manifest_dir")
-        if manifest_dir is None and "kmodlab_manifest_dir" in task_vars:
-            manifest_dir = self._templar.template(task_vars["kmodlab_manifest_dir"])
-        manifest_dir = Path(str(manifest_dir)).expanduser() if manifest_dir else CATALOG
+        extra_dirs = self._task.args.get("manifest_dirs")
+        if extra_dirs is None and "kmodlab_manifest_dirs" in task_vars:
+            extra_dirs = self._templar.template(task_vars["kmodlab_manifest_dirs"])
+        delivery = self._task.args.get("delivery")
+        if delivery is None and "kmodlab_delivery" in task_vars:
+            delivery = self._templar.template(task_vars["kmodlab_delivery"])
         try:
-            records = resolve_layers(manifest_dir, layers)
-        except (ManifestError, SelectionError) as exc:
+            dirs = manifest_dirs(extra_dirs, CATALOG)
+            records = resolve_layers(dirs, layers)
+            delivery = resolve_delivery(delivery)
+        except (ManifestError, SelectionError, SourceError) as exc:
             result.update(failed=True, msg=str(exc))
             return result
         result.update(
             changed=False,
-            ansible_facts={FACT: records},
+            ansible_facts={FACT: records, DELIVERY_FACT: delivery},
             modules=[r["name"] for r in records],
-            manifest_dir=str(manifest_dir),
+            delivery=delivery,
+            manifest_dirs=[str(d) for d in dirs],
         )
         return result

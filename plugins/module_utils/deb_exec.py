@@ -44,6 +44,11 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.deb_plan import (
     plan_rollback,
     split_deb,
 )
+from ansible_collections.kmodlab.lab.plugins.module_utils.delivery import (
+    DKMS_TREE,
+    dkms_conflict,
+    dkms_copies,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.dpkg_status import (
     parse_query,
     query_argv,
@@ -64,9 +69,10 @@ _DPKG_ERROR = re.compile(
 
 @dataclass(frozen=True)
 class Paths:
-    """Where the host keeps its kernels (tests move it)."""
+    """Where the host keeps its kernels and DKMS its modules (tests move them)."""
 
     lib_modules: str = "/lib/modules"
+    dkms_tree: str = DKMS_TREE
 
 
 class Failed(Exception):
@@ -362,6 +368,13 @@ class Executor:
     def run(self) -> dict[str, Any]:
         state = self.read_state()
         descriptors = [Descriptor.from_params(s) for s in self.params["packages"] or []]
+        if self.state_name == "present":
+            wanted = {d.module for d in descriptors} | {
+                r["name"] for r in self.params["records"] or [] if r.get("state") != "absent"
+            }
+            found = dkms_copies(sorted(wanted), self.paths.dkms_tree)
+            if found:
+                raise Failed(dkms_conflict(found))
         contents = self.contents() if self.state_name == "present" else {}
         plan, snap = self.plan(state, descriptors)
         state_changed = plan.state != state

@@ -59,6 +59,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.kmodlab.lab.plugins.module_utils.delivery import (
+    PACKAGE_PATTERN,
+    package_conflict,
+    package_copies,
+)
 from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_plan import (
     ABSENT,
     INSTALL,
@@ -102,6 +107,7 @@ from ansible_collections.kmodlab.lab.plugins.module_utils.dkms_tree import (
     tail,
     versions_on_kernel,
 )
+from ansible_collections.kmodlab.lab.plugins.module_utils.dpkg_status import query_argv, read_query
 from ansible_collections.kmodlab.lab.plugins.module_utils.files import write_atomic
 from ansible_collections.kmodlab.lab.plugins.module_utils.modsig import SignatureError
 from ansible_collections.kmodlab.lab.plugins.module_utils.modsig import read as read_signature
@@ -1120,6 +1126,17 @@ class Executor:
 
     # -- the whole run ---------------------------------------------------------------------
 
+    def check_one_copy(self, names: list[str]) -> None:
+        """Stop before anything changes when a module to build has a prebuilt package."""
+        if not names or self.module.get_bin_path("dpkg-query", required=False) is None:
+            return
+        answer = read_query(*self.run_command(query_argv(PACKAGE_PATTERN)))
+        if "error" in answer:
+            self.fail(f"cannot list the prebuilt kmodlab packages: {answer['error']}")
+        found = package_copies(names, answer["packages"])
+        if found:
+            self.fail(package_conflict(found))
+
     def fail(self, msg: str) -> None:
         self.module.fail_json(msg=msg, kernel=self.kernels[0], kernels=self.kernels)
 
@@ -1144,6 +1161,7 @@ class Executor:
             self.order = dependency_order(self.packages)
         except PlanError as exc:
             self.fail(str(exc))
+        self.check_one_copy([p.name for p in self.packages if p.state == PRESENT])
         if self.dkms_bin is None:
             if not self.check_mode:
                 self.fail(

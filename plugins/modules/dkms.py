@@ -33,6 +33,9 @@ description:
     (added, built, installed, missing built modules, an installed copy that differs from
     its build); a version with nothing built whose source folder is gone is C(broken), as
     dkms 3.1 says.
+  - Fails before changing anything when a package to be present is also installed on the
+    host as a prebuilt kmodlab package (C(kmodlab-NAME-modules-ABI), the deb delivery), as
+    DKMS would put a second copy beside it.
   - The work is split in two stages (O(stage)), so that a health check can run between them.
     V(install) puts the wanted versions in place; V(prune) then removes the versions they
     replaced, once the wanted ones are installed.

@@ -31,6 +31,8 @@ description:
     packages of every module whose record says V(absent); then runs C(depmod -a ABI) once per
     kernel touched. Packages for kernels not installed are skipped (RV(skipped_abis)). The
     modules are recorded as C(pending) in the state; C(good) is not touched.
+  - Fails before changing anything when DKMS has a module to install registered
+    (C(/var/lib/dkms/NAME)), as a package would put a second copy beside it.
   - When C(dpkg -i) fails, the packages of that batch are put back as they were (purged when
     they were not installed, the previous version installed again from the store when they
     were); the failure names each package dpkg refused with dpkg's message, and says whether
@@ -310,13 +312,14 @@ ARGUMENT_SPEC = {
     "keep": {"type": "int", "default": 1},
 }
 
-# Where kernels keep their modules; module-level so tests can move it.
+# Where kernels keep their modules and DKMS its own; module-level so tests can move them.
 LIB_MODULES = "/lib/modules"
+DKMS_TREE = "/var/lib/dkms"
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    Executor(module, Paths(lib_modules=LIB_MODULES)).main()
+    Executor(module, Paths(lib_modules=LIB_MODULES, dkms_tree=DKMS_TREE)).main()
 
 
 if __name__ == "__main__":

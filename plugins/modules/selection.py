@@ -14,7 +14,9 @@ description:
     parameter by parameter) and joins every entry with its manifest
     (C(MANIFEST_DIR/NAME/module.yml)) into one record per module, in load order
     (dependencies first).
-  - Sets the host fact C(kmodlab_selection) to those records. The stage roles
+  - Sets the host fact C(kmodlab_selection) to those records, and C(kmodlab_delivery) to the
+    host's delivery (O(delivery), checked).
+  - The stage roles
     (M(kmodlab.lab.dkms_module), M(kmodlab.lab.kmod_load), M(kmodlab.lab.kmod_verify))
     take it as their selection and run this action themselves when it is not set yet.
   - Reads only the manifests of the selected modules and of the modules they depend on,
@@ -48,11 +50,25 @@ options:
       - Entries for one host, merged last. Default the variable C(kmodlab_host_modules).
     type: list
     elements: dict
-  manifest_dir:
+  delivery:
     description:
-      - Folder on the controller with one sub-folder per module holding its C(module.yml).
-      - Default the variable C(kmodlab_manifest_dir), else the collection's own C(modules/).
-    type: path
+      - How the host gets its modules. V(dkms) builds each one on the host as its own DKMS
+        package; V(deb) installs the Debian packages the container builder made on the
+        controller (M(kmodlab.lab.module_build)).
+      - Default the variable C(kmodlab_delivery), else V(dkms).
+    type: str
+    choices: [dkms, deb]
+  manifest_dirs:
+    description:
+      - Folders on the controller with one sub-folder per module holding its C(module.yml),
+        searched in this order before the collection's own C(modules/) (which is always
+        searched last); a module of yours named as one of the catalog's replaces it.
+      - Default the variable C(kmodlab_manifest_dirs), else none.
+      - A manifest whose C(package.source) names a third-party package's tree (a folder, a
+        git ref, a tarball with its sha256) gets that tree fetched on the controller
+        (cached under C(~/.cache/kmodlab/sources)) as its C(source_dir).
+    type: list
+    elements: path
 attributes:
   check_mode:
     description: Can run in check mode and return the same records.
@@ -76,7 +92,8 @@ EXAMPLES = r"""
       - name: hello-5
         params:
           myint: 7
-    manifest_dir: /srv/kmodlab/modules
+    manifest_dirs:
+      - /srv/kmodlab/modules
 """
 
 RETURN = r"""
@@ -86,8 +103,13 @@ modules:
   type: list
   elements: str
   sample: [memory, hello-5]
-manifest_dir:
-  description: The manifest folder the selection was resolved against.
+manifest_dirs:
+  description: The manifest folders the selection was resolved against, in search order.
+  returned: success
+  type: list
+  elements: str
+delivery:
+  description: The host's delivery, V(dkms) or V(deb).
   returned: success
   type: str
 ansible_facts:
@@ -98,8 +120,13 @@ ansible_facts:
     kmodlab_selection:
       description:
         - One record per module, in load order; C(name), C(kmod) (the kernel's name for
-          it), C(version), C(state), C(params) (the wanted parameters, complete),
-          C(persist), C(source_dir) (its folder on the controller) and C(manifest).
+          it), C(version), C(package) (the DKMS package it is built in), C(state),
+          C(params) (the wanted parameters, complete), C(persist), C(source_dir) (the
+          package's files on the controller), C(manifest_dir) (the folder of its
+          C(module.yml)) and C(manifest).
       type: list
       elements: dict
+    kmodlab_delivery:
+      description: The host's delivery, V(dkms) or V(deb).
+      type: str
 """

@@ -4,9 +4,11 @@ Everything the draft says is read from the built module (``kmodlab.koinfo``: its
 ``.modinfo`` and ``__param`` sections), never guessed from the C text: name, version,
 licence, author, description, and every parameter with its kernel type, sysfs mode,
 array capacity and initial value. A source tree without built modules is built first
-with kbuild against kernel headers, in a scratch copy. A ``dkms.conf`` beside the sources
-gives the version when the module has none. The user then adds the lab parameters and
-the expectations.
+with kbuild against kernel headers, in a scratch copy. A tree with its own ``dkms.conf``
+(a third-party package, e.g. a ``*-dkms`` package's ``/usr/src/NAME-VERSION``) gives
+drafts that name that package and its tree (``package.name``, ``package.source.path``)
+at the package's version: the pipeline builds it as its dkms.conf says. The user then
+adds the lab parameters and the expectations.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from pydantic import ValidationError
 from kmodlab.koinfo import KoError, KoInfo, read_ko
 from kmodlab.lab.errors import LabError
 from kmodlab.manifest import Manifest
-from kmodlab.package import read_dkms_conf
+from kmodlab.package import BUILD_OUTPUT, read_dkms_conf
 
 SOURCE_PATTERNS = ("*.c", "*.h", "Kbuild", "Makefile", "dkms.conf")
-# What kbuild leaves in a module folder: never copied into a build.
-BUILD_OUTPUT = ("*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "modules.order", "Module.symvers")
 
 
 class ModuleImportError(LabError):
@@ -106,7 +106,14 @@ def _sources(directory: Path) -> list[str]:
 def draft(info: KoInfo, directory: Path, conf: dict[str, str]) -> dict[str, Any]:
     """The manifest draft of one built module, validated."""
     name = info.path.name.split(".ko")[0]
-    version = info.value("version") or conf.get("PACKAGE_VERSION") or "0.1.0"
+    # A tree with its own dkms.conf is a package as shipped: its version is the package's.
+    package = conf.get("PACKAGE_NAME")
+    version = (
+        (conf.get("PACKAGE_VERSION") if package else None)
+        or info.value("version")
+        or conf.get("PACKAGE_VERSION")
+        or "0.1.0"
+    )
     license_ = info.value("license") or ""
     manifest: dict[str, Any] = {
         "name": name,
@@ -114,8 +121,11 @@ def draft(info: KoInfo, directory: Path, conf: dict[str, str]) -> dict[str, Any]
         "description": info.value("description") or f"{name} (no description in the module)",
         "license": license_ or "unknown (no MODULE_LICENSE in the module)",
         "author": info.value("author") or "unknown (no MODULE_AUTHOR in the module)",
-        "sources": _sources(directory) or [info.path.name],
     }
+    if package:
+        manifest["package"] = {"name": package, "source": {"path": str(directory.resolve())}}
+    else:
+        manifest["sources"] = _sources(directory) or [info.path.name]
     if info.params:
         manifest["parameters"] = []
         for p in sorted(info.params, key=lambda p: p.name):

@@ -412,6 +412,50 @@ class Expect(_Model):
         return {k: _regex(v) for k, v in value.items()}
 
 
+class PathSource(_Model):
+    """A folder on the controller: absolute, or relative to the manifest's folder (e.g. a
+    ``*-dkms`` package's ``/usr/src/NAME-VERSION``)."""
+
+    path: str = Field(min_length=1)
+
+
+class GitSource(_Model):
+    """A git repository at a ref (branch, tag or commit), fetched on the controller."""
+
+    git: str = Field(min_length=1, description="clone URL")
+    ref: str = Field(min_length=1, pattern=r"^[^\s~^:?*\[\\]+$")
+    subdir: str | None = Field(default=None, description="the package's folder in the repository")
+
+
+class TarballSource(_Model):
+    """A tarball fetched by URL, checked against its sha256 before it is unpacked."""
+
+    url: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    subdir: str | None = Field(default=None, description="the package's folder in the tarball")
+
+
+Source = PathSource | GitSource | TarballSource
+
+
+class PackageSpec(_Model):
+    """The DKMS package the module is built in, when it is not one of our own.
+
+    A third-party package (``source`` set) is built as its own ``dkms.conf`` says: its
+    package name may differ from its modules' names, and it may build several ``.ko``
+    files; each of them gets its own manifest naming the same package.
+    """
+
+    name: ModuleName | None = Field(
+        default=None, description="PACKAGE_NAME in its dkms.conf; default the manifest's name"
+    )
+    source: Source | None = Field(
+        default=None,
+        description="where the package's tree is (with its own dkms.conf); default the "
+        "manifest's sources beside it",
+    )
+
+
 class Lab(_Model):
     """How the teaching lab loads the module."""
 
@@ -424,7 +468,10 @@ class Manifest(_Model):
     description: str
     license: str
     author: str
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] = Field(
+        default=[], description="files beside module.yml; none with package.source"
+    )
+    package: PackageSpec = PackageSpec()
     depends: list[ModuleName] = Field(
         default=[],
         description="modules of the same folder whose exported symbols this one uses: "
@@ -440,6 +487,11 @@ class Manifest(_Model):
     def kmod(self) -> str:
         """The name the running kernel uses (``/sys/module``, ``/proc/modules``)."""
         return self.name.replace("-", "_")
+
+    @property
+    def package_name(self) -> str:
+        """The DKMS package the module is built in (its dkms.conf's PACKAGE_NAME)."""
+        return self.package.name or self.name
 
     def param(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -484,6 +536,25 @@ class Manifest(_Model):
                 raise ValueError(f"dev node {node.path} is {node.type}, its device is not")
         if self.name in self.depends:
             raise ValueError("depends: a module cannot depend on itself")
+        if self.package.source is None:
+            if not self.sources:
+                raise ValueError("sources: list the module's files beside module.yml")
+            if self.package.name not in (None, self.name):
+                raise ValueError(
+                    "package.name: a package of its own is named as the module; a different "
+                    "package name needs package.source (the third-party package's tree)"
+                )
+        else:
+            if self.sources:
+                raise ValueError(
+                    "sources: a module of a third-party package (package.source) takes the "
+                    "package's whole tree; leave sources out"
+                )
+            if self.depends:
+                raise ValueError(
+                    "depends: a third-party package is built as its dkms.conf says "
+                    "(BUILD_DEPENDS); manifests of its modules name no depends"
+                )
         return self
 
     def wanted_params(self, overrides: dict[str, Any] | None = None) -> dict[str, ParamValue]:
@@ -534,6 +605,14 @@ def load_manifest(path: Path) -> Manifest:
     for src in manifest.sources:
         if not (path.parent / src).is_file():
             raise ManifestError(f"{path}: field sources: {src} does not exist beside it")
+    source = manifest.package.source
+    if isinstance(source, PathSource):
+        tree = (path.parent / source.path).resolve()
+        if not (tree / "dkms.conf").is_file():
+            raise ManifestError(
+                f"{path}: field package.source.path: {tree} has no dkms.conf (a third-party "
+                "package is built as its own dkms.conf says)"
+            )
     return manifest
 
 

@@ -18,12 +18,18 @@ config too: it is built against their exported symbols and loaded after them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kmodlab import sources
 from kmodlab.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, load_order
 
 STATES = ("present", "absent", "config")
+# How a host gets its modules: "dkms" builds each one on the host as its own DKMS package
+# (lab.yml's default); "deb" installs the packages the container builder made on the
+# controller (the fleet path's packages, without batches).
+DELIVERIES = ("dkms", "deb")
 _ENTRY_KEYS = {"name", "state", "params", "persist"}
 
 
@@ -72,51 +78,108 @@ def merge_layers(layers: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def _manifests_for(modules_dir: Path, names: list[str]) -> dict[str, Manifest]:
-    """The manifests of ``names`` and of every module they depend on, by name."""
-    found: dict[str, Manifest] = {}
+def resolve_delivery(value: Any, var: str = "kmodlab_delivery") -> str:
+    """The host's delivery (``dkms`` when unset); SelectionError for anything else."""
+    if value is None or value == "":
+        return DELIVERIES[0]
+    if value not in DELIVERIES:
+        raise SelectionError(
+            f"{var}: {value!r} is not a delivery; use dkms (each module built on the host as "
+            f"its own DKMS package) or deb (built in the container builder on the "
+            f"controller, installed as Debian packages)"
+        )
+    return str(value)
+
+
+def find_manifest(modules_dirs: Sequence[Path], name: str) -> Path | None:
+    """``DIR/NAME/module.yml`` of the first of ``modules_dirs`` that has it."""
+    for folder in modules_dirs:
+        path = folder / name / MANIFEST_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def _manifests_for(
+    modules_dirs: Sequence[Path], names: list[str]
+) -> dict[str, tuple[Path, Manifest]]:
+    """The manifests (file, content) of ``names`` and of every module they depend on."""
+    found: dict[str, Path] = {}
+    manifests: dict[str, Manifest] = {}
     pending: list[tuple[str, str | None]] = [(name, None) for name in names]
     while pending:
         name, needed_by = pending.pop()
         if name in found:
             continue
-        path = modules_dir / name / MANIFEST_FILE
-        if not path.is_file():
+        path = find_manifest(modules_dirs, name)
+        if path is None:
+            where = " or ".join(str(d / name / MANIFEST_FILE) for d in modules_dirs)
             raise ManifestError(
-                f"{modules_dir / str(needed_by) / MANIFEST_FILE}: field depends: unknown "
-                f"module {name!r} (there is no {path})"
+                f"{found[needed_by]}: field depends: unknown module {name!r} (there is no {where})"
                 if needed_by
-                else f"unknown module {name!r}: there is no {path}"
+                else f"unknown module {name!r}: there is no {where}"
             )
-        found[name] = load_manifest(path)
-        pending.extend((dep, name) for dep in found[name].depends)
-    return found
+        found[name] = path
+        manifests[name] = load_manifest(path)
+        pending.extend((dep, name) for dep in manifests[name].depends)
+    return {name: (found[name], manifests[name]) for name in found}
 
 
-def _known(modules_dir: Path) -> str:
-    return ", ".join(sorted(p.parent.name for p in modules_dir.glob(f"*/{MANIFEST_FILE}")))
+def _known(modules_dirs: Sequence[Path]) -> str:
+    names = {p.parent.name for d in modules_dirs for p in d.glob(f"*/{MANIFEST_FILE}")}
+    return ", ".join(sorted(names))
 
 
-def resolve_layers(modules_dir: str | Path, layers: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+def manifest_dirs(extra: Any, catalog: Path) -> list[Path]:
+    """The folders to find manifests in: ``extra`` (kmodlab_manifest_dirs: a list of
+    folders, searched first) and then ``catalog``; SelectionError for a bad value."""
+    if extra is None or extra == "":
+        extra = []
+    if isinstance(extra, (str, bytes)) or not isinstance(extra, list):
+        raise SelectionError(
+            f"kmodlab_manifest_dirs must be a list of folders, e.g. [/srv/my-modules]; got "
+            f"{type(extra).__name__}"
+        )
+    dirs = [Path(str(d)).expanduser() for d in extra]
+    for folder in dirs:
+        if not folder.is_dir():
+            raise SelectionError(f"kmodlab_manifest_dirs: {folder} is not a folder")
+    return [*dirs, Path(catalog)]
+
+
+def resolve_layers(
+    modules_dirs: str | Path | Sequence[str | Path], layers: list[tuple[str, Any]]
+) -> list[dict[str, Any]]:
     """Merge the play-level layers by name, then resolve them (see resolve)."""
     first, rest = layers[0][0], [name for name, _entries in layers[1:]]
     var = f"{first} (merged with {', '.join(rest)})" if rest else first
-    return resolve(modules_dir, merge_layers(layers), var=var)
+    return resolve(modules_dirs, merge_layers(layers), var=var)
 
 
 def resolve(
-    modules_dir: str | Path, entries: list[dict[str, Any]], var: str = "kmodlab_modules"
+    modules_dirs: str | Path | Sequence[str | Path],
+    entries: list[dict[str, Any]],
+    var: str = "kmodlab_modules",
 ) -> list[dict[str, Any]]:
-    """Resolve ``entries`` against the manifests in ``modules_dir``.
+    """Resolve ``entries`` against the manifests in ``modules_dirs`` (one folder, or
+    several searched in order: the first that has NAME/module.yml gives the module).
 
-    Raises ManifestError for a broken manifest and SelectionError for a broken entry; both
-    messages name the file or the variable and the field.
+    A module of a third-party package (``package.source``) gets its package's tree fetched
+    (:func:`kmodlab.sources.fetch`) as its ``source_dir``. Raises ManifestError for a
+    broken manifest, SelectionError for a broken entry, SourceError for a tree that could
+    not be fetched; the messages name the file or the variable and the field.
     """
-    modules_dir = Path(modules_dir)
-    if not modules_dir.is_dir():
-        raise SelectionError(f"manifest directory {modules_dir} does not exist")
+    dirs = (
+        [Path(modules_dirs)]
+        if isinstance(modules_dirs, (str, Path))
+        else [Path(d) for d in modules_dirs]
+    )
+    for folder in dirs:
+        if not folder.is_dir():
+            raise SelectionError(f"manifest directory {folder} does not exist")
     by_name: dict[str, dict[str, Any]] = {}
     manifests: dict[str, Manifest] = {}
+    paths: dict[str, Path] = {}
     for index, entry in enumerate(entries):
         where = f"{var}[{index}]"
         if not isinstance(entry, dict) or "name" not in entry:
@@ -128,12 +191,14 @@ def resolve(
                 f"allowed: {', '.join(sorted(_ENTRY_KEYS))}"
             )
         name = entry["name"]
-        if not (modules_dir / str(name) / MANIFEST_FILE).is_file():
+        if find_manifest(dirs, str(name)) is None:
+            where_not = " or ".join(f"{d}/{name}/{MANIFEST_FILE}" for d in dirs)
             raise SelectionError(
-                f"{where}.name: unknown module {name!r}: there is no "
-                f"{modules_dir}/{name}/{MANIFEST_FILE} (known: {_known(modules_dir)})"
+                f"{where}.name: unknown module {name!r}: there is no {where_not} "
+                f"(known: {_known(dirs)})"
             )
-        manifests.update(_manifests_for(modules_dir, [name]))
+        for dep_name, (path, manifest) in _manifests_for(dirs, [name]).items():
+            paths[dep_name], manifests[dep_name] = path, manifest
         state = entry.get("state", "present")
         if state not in STATES:
             raise SelectionError(
@@ -171,15 +236,21 @@ def resolve(
             continue  # a dependency of an absent module, not selected itself
         m = manifests[name]
         entry = by_name[name]
+        folder = paths[name].parent.resolve()
+        source_dir = folder
+        if m.package.source is not None and entry["state"] != "absent":
+            source_dir = sources.fetch(m.package.source, folder).path
         resolved.append(
             {
                 "name": m.name,
                 "kmod": m.kmod,
                 "version": m.version,
+                "package": m.package_name,
                 "state": entry["state"],
                 "params": entry["params"],
                 "persist": bool(entry["persist"]),
-                "source_dir": str((modules_dir / m.name).resolve()),
+                "source_dir": str(source_dir),
+                "manifest_dir": str(folder),
                 "manifest": m.model_dump(mode="json", by_alias=True),
             }
         )
@@ -187,10 +258,14 @@ def resolve(
 
 
 __all__ = [
+    "DELIVERIES",
     "STATES",
     "ManifestError",
     "SelectionError",
+    "find_manifest",
+    "manifest_dirs",
     "merge_layers",
     "resolve",
+    "resolve_delivery",
     "resolve_layers",
 ]

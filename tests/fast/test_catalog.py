@@ -1,5 +1,5 @@
-"""Fast tier: docs/catalog.md and modules/ agree: every module has a row, every row's
-module exists."""
+"""Fast tier: docs/catalog.md, the lab inventory and modules/ agree: every module has a
+row and is selected, every row's module exists."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def test_every_module_is_in_the_catalog_and_every_row_exists() -> None:
     assert not missing, f"modules not in docs/catalog.md: {missing}"
 
 
-def test_the_catalog_vars_file_selects_every_module() -> None:
-    data = yaml.safe_load((REPO / "vars/catalog.yml").read_text())
+def test_the_lab_inventory_selects_every_module_once_prebuilt() -> None:
+    data = yaml.safe_load((REPO / "inventory/lab/group_vars/all.yml").read_text())
     names = [entry["name"] for entry in data["kmodlab_modules"]]
     modules = sorted(p.parent.name for p in (REPO / "modules").glob("*/module.yml"))
-    assert names == modules
+    assert sorted(names) == modules
+    assert len(names) == len(set(names))
+    assert data["kmodlab_delivery"] == "deb"

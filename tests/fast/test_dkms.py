@@ -94,6 +94,7 @@ class FakeDkms:
         self.gate = threading.Condition(self.lock)
         self.events: list[tuple[str, str]] = []  # ("start" | "end", name) of builds
         self.install_refuses: set[str] = set()  # names whose install exits 0 but copies nothing
+        self.dpkg_query = ""  # what dpkg-query -W says about the kmodlab packages
 
     # -- helpers for tests -----------------------------------------------------------
     def register(self, name, version, files=None, state="installed", kernel=K):
@@ -166,6 +167,12 @@ class FakeDkms:
                         )
 
     def __call__(self, module, argv, **kwargs):
+        if argv[0] == "dpkg-query":
+            with self.lock:
+                self.calls.append(list(argv))
+            if self.dpkg_query:
+                return 0, self.dpkg_query, ""
+            return 1, "", f"dpkg-query: no packages found matching {argv[-1]}\n"
         if argv[0] not in (DKMS, DEPMOD):
             # a real program the module runs itself (sign-file): not dkms's business
             self.calls.append(list(argv))
@@ -340,7 +347,12 @@ def run(fake, packages, check=False, diff=False, bins=("dkms", "depmod"), **args
         "_ansible_diff": diff,
         **args,
     }
-    paths = {"dkms": DKMS, "depmod": DEPMOD, "openssl": OPENSSL}
+    paths = {
+        "dkms": DKMS,
+        "depmod": DEPMOD,
+        "openssl": OPENSSL,
+        "dpkg-query": "/usr/bin/dpkg-query",
+    }
 
     def get_bin_path(_self, name, required=False, opt_dirs=None):
         if name in bins:
@@ -412,6 +424,30 @@ def test_new_package_is_written_added_built_installed(dkms):
         }
     }
     assert res["fact_changed"] is True
+
+
+def test_a_module_installed_as_a_prebuilt_package_is_refused_before_anything_changes(dkms):
+    """One copy per module: hello-1 has a kmodlab package (the deb delivery), so DKMS does
+    not build a second copy; a purged package, or another module's, does not count."""
+    bins = ("dkms", "depmod", "dpkg-query")
+    dkms.dpkg_query = (
+        f"kmodlab-hello-1-modules-{K}\t1.0\tii \n"
+        f"kmodlab-hello-2-modules-{K}\t1.0\tpn \n"
+        f"kmodlab-memory-modules-{K}\t1.0\tii \n"
+    )
+    for check in (True, False):
+        res = run(dkms, [pkg("hello-1", "1.0"), pkg("hello-2", "1.0")], check=check, bins=bins)
+        assert res["failed"] is True, res
+        assert res["msg"].startswith(
+            f"hello-1: installed on this host as prebuilt package (kmodlab-hello-1-modules-{K})"
+        ), res["msg"]
+        assert "kmodlab_delivery: deb" in res["msg"] and "Nothing was changed" in res["msg"]
+        assert dkms.commands() == [] and not list(dkms.src.iterdir())
+    res = run(dkms, [pkg("hello-2", "1.0")], bins=bins)
+    assert res["changed"] is True and dkms.commands("install") == ["install hello-2/1.0"]
+    # Absent is no copy: removing hello-1 from DKMS is allowed while its package is there.
+    res = run(dkms, [{**pkg("hello-1", "1.0"), "state": "absent"}], bins=bins)
+    assert not res.get("failed"), res
 
 
 def test_second_run_changes_nothing_and_runs_no_command(dkms):

@@ -322,7 +322,16 @@ class Host:
         self.store = root / "store"
         self.fact = root / "facts.d/kmodlab_rollout.fact"
         self.debs = root / "debs"
-        for d in (self.admin / "info", self.admin / "updates", self.log, self.bin, self.debs):
+        self.dkms = root / "dkms"  # DKMS's tree (/var/lib/dkms) in the namespace
+        dirs = (
+            self.admin / "info",
+            self.admin / "updates",
+            self.log,
+            self.bin,
+            self.debs,
+            self.dkms,
+        )
+        for d in dirs:
             d.mkdir(parents=True)
         (self.admin / "available").write_text("")
         # A1: dpkg has its kernel package; A2: only its modules folder; A3: not there.
@@ -392,7 +401,8 @@ class Host:
         script = (
             f"mount --bind {self.admin} /var/lib/dpkg && "
             f"mount --bind {self.lib_modules} /lib/modules && "
-            f'mount --bind {self.log} /var/log && exec "$@"'
+            f"mount --bind {self.log} /var/log && "
+            f'mount --bind {self.dkms} /var/lib/dkms && exec "$@"'
         )
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}
         proc = subprocess.run(
@@ -468,6 +478,25 @@ def test_install_skip_and_rerun(host: Host):
     # The machine's own dpkg database never saw the packages.
     real = subprocess.run(["dpkg-query", "-W", "kmodlab-*"], capture_output=True, check=False)
     assert b"kmodlab-symuse" not in real.stdout
+
+
+@needs_dpkg
+def test_a_module_dkms_has_is_refused_before_anything_changes(host: Host):
+    """One copy per module: where DKMS has hello-5, its package is not installed beside it;
+    a module DKMS does not have is installed as usual."""
+    (host.dkms / "hello-5/1.0/source").mkdir(parents=True)
+    hello = host.deb("hello-5", "1.0", A1)
+    for check in (True, False):
+        res = host.run(check=check, packages=[hello], records=[rec("hello-5")])
+        assert res.get("failed") is True, res
+        assert res["msg"].startswith("hello-5: DKMS already has this module"), res["msg"]
+        assert "(hello-5: /var/lib/dkms/hello-5)" in res["msg"]
+        assert "kmodlab_delivery: dkms" in res["msg"] and "Nothing was changed" in res["msg"]
+        assert host.packages() == {} and not host.store.exists() and not host.fact.exists()
+        assert host.depmods() == []
+    other = host.deb("memory", "1.0", A1)
+    res = host.run(packages=[other], records=[rec("memory")])
+    assert res["changed"] is True and host.packages() == {pkg("memory", A1): "1.0 ii"}
 
 
 @needs_dpkg

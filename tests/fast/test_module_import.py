@@ -6,7 +6,9 @@ command itself; its draft must give exactly the parameters its hand-written mani
 gives (type, mode, array size, count variable, initial value, description). A
 third-party-style tree written here (its own Makefile building two .ko files, a
 dkms.conf whose package name is neither module's) gives one validating draft per module,
-at the package's version. Bad input fails with exit status 2 and a message.
+at the package's version, naming that package and its tree; resolved from the drafts'
+folder, both modules are built in that one package, as shipped. Bad input fails with
+exit status 2 and a message.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import yaml
 
 from kmodlab.importer import newest_headers
 from kmodlab.koinfo import read_ko
-from kmodlab.manifest import Manifest, load_manifest
+from kmodlab.manifest import Manifest, PathSource, load_manifest
+from kmodlab.package import packages_for
+from kmodlab.selection import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 KMODLAB = REPO / ".venv/bin/kmodlab"
@@ -127,7 +131,10 @@ def test_a_vendor_package_with_two_modules_and_its_own_dkms_conf(tmp_path: Path)
         assert m.version == "2.3.1"  # the package's: the modules carry none
         assert m.author == "Widget Vendor <dev@widgets.example>"
         assert m.description == f"widget {name} driver"
-        assert set(m.sources) == {"alpha.c", "beta.c", "Makefile", "dkms.conf"}
+        # The package as shipped: its name and its tree, no sources of its own.
+        assert m.package.name == "vendor-widgets" and not m.sources
+        assert m.package.source == PathSource(path=str(tree))
+        assert load_manifest(out / name).package_name == "vendor-widgets"
         params = {p.name: p for p in m.parameters}
         assert params[f"{name}_rate"].type == "uint"
         assert params[f"{name}_rate"].default == rate
@@ -137,6 +144,18 @@ def test_a_vendor_package_with_two_modules_and_its_own_dkms_conf(tmp_path: Path)
         assert params[f"{name}_quiet"].perm == "0444"
         assert params[f"{name}_rate"].description == "Samples per second"
     assert not list(tree.glob("*.ko")), "the tree was built in place"
+    # From a manifest folder outside the repository, both modules resolve to one DKMS
+    # package: the tree's files, its dkms.conf as shipped.
+    records = resolve([out, REPO / "modules"], [{"name": "alpha"}, {"name": "beta"}])
+    assert [(r["name"], r["kmod"], r["package"]) for r in records] == [
+        ("alpha", "alpha", "vendor-widgets"),
+        ("beta", "beta", "vendor-widgets"),
+    ]
+    assert {r["source_dir"] for r in records} == {str(tree)}
+    (spec,) = packages_for(records)
+    assert spec["name"] == "vendor-widgets" and spec["version"] == "2.3.1"
+    assert set(spec["files"]) == {"alpha.c", "beta.c", "Makefile", "dkms.conf"}
+    assert spec["files"]["dkms.conf"] == DKMS_CONF
 
 
 def test_a_built_ko_is_read_without_building(tmp_path: Path) -> None:

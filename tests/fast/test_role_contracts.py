@@ -122,7 +122,7 @@ def test_a_stage_role_takes_the_resolved_selection_not_layers(role):
     level; a stage role takes the records kmodlab.lab.selection resolved from them."""
     defaults = _defaults(role)
     assert f"{role}_selection" in defaults and defaults[f"{role}_selection"] is None
-    layered = [n for n in defaults if n.endswith(("_modules", "_manifest_dir"))]
+    layered = [n for n in defaults if n.endswith(("_modules", "_manifest_dirs"))]
     assert not layered, f"roles/{role}: selection layers belong to the play: {layered}"
     preflight = (ROLES_DIR / role / "tasks" / "preflight.yml").read_text()
     assert "kmodlab.lab.selection:" in preflight

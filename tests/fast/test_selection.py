@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from kmodlab.manifest import ManifestError
-from kmodlab.selection import SelectionError, merge_layers, resolve, resolve_layers
+from kmodlab.selection import (
+    SelectionError,
+    merge_layers,
+    resolve,
+    resolve_delivery,
+    resolve_layers,
+)
 
 MODULES = Path(__file__).resolve().parents[2] / "modules"
 
@@ -175,3 +181,19 @@ def test_a_dependent_may_go_without_its_dependency(entries: list) -> None:
     records = resolve(MODULES, entries)
     names = [r["name"] for r in records]
     assert names == sorted(names, key=["symexport", "symuse"].index)
+
+
+@pytest.mark.parametrize(
+    ("value", "delivery"), [(None, "dkms"), ("", "dkms"), ("dkms", "dkms"), ("deb", "deb")]
+)
+def test_delivery_defaults_to_dkms(value: object, delivery: str) -> None:
+    assert resolve_delivery(value) == delivery
+
+
+@pytest.mark.parametrize("value", ["prebuilt", "DKMS", 1, ["deb"]])
+def test_a_bad_delivery_says_which_exist(value: object) -> None:
+    with pytest.raises(SelectionError) as err:
+        resolve_delivery(value)
+    message = str(err.value)
+    assert message.startswith(f"kmodlab_delivery: {value!r} is not a delivery; use dkms")
+    assert "or deb (built in the container builder" in message

@@ -48,7 +48,7 @@ def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) ->
     proc = playbook(
         converged,
         "-e",
-        f"kmodlab_manifest_dir={copy}",
+        json.dumps({"kmodlab_manifest_dirs": [str(copy)]}),
         "-e",
         json.dumps({"dkms_module_prune": False}),
         "-e",
@@ -66,7 +66,8 @@ def test_version_bump_downgrade_and_removal(converged: Guest, tmp_path: Path) ->
 
     # The next run prunes: the old version is removed from DKMS with its sources (the
     # package stage alone is enough).
-    proc = playbook(converged, "-e", f"kmodlab_manifest_dir={copy}", "--tags", "dkms_module")
+    dirs = json.dumps({"kmodlab_manifest_dirs": [str(copy)]})
+    proc = playbook(converged, "-e", dirs, "--tags", "dkms_module")
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "TASK [kmodlab.lab.dkms_module : Remove the versions the installed ones replace]" in (
         proc.stdout

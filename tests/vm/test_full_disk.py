@@ -15,6 +15,7 @@ fact gathering would fail, before any DKMS build. The DKMS build itself writes t
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_full_disk_during_a_dkms_build_keeps_the_old_version(
         proc = playbook(
             converged,
             "-e",
-            f"kmodlab_manifest_dir={copy}",
+            json.dumps({"kmodlab_manifest_dirs": [str(copy)]}),
             "-e",
             f"kmod_verify_report_dir={tmp_path}/full",
         )

@@ -11,8 +11,9 @@ added to the README is either proven here or given a rule saying who proves it:
 - done by the tier's fixtures, which this test requests: ``image build`` (``images``),
   ``vm up`` (``guests``; checked: the same profile, Secure Boot and, with it, the
   project key enrolled),
-  ``ansible-playbook lab.yml`` (``converged``: molecule default converges t-plain with
-  lab.yml; checked: lab1 is the only VM the session runs at that point);
+  ``ansible-playbook lab.yml`` (``test_zzzz_lab.py``: molecule default converges a fresh
+  lab-profile VM, as lab1 is, with lab.yml and the lab inventory; checked here: lab1 is
+  the only VM the session runs at that point);
 - ``vm down``: ``test_zz_down.py``, last in the tier; it must end the session.
 """
 
@@ -131,8 +132,8 @@ def ssh(step: Step, ctx: Ctx) -> None:
 
 
 def lab_yml(step: Step, ctx: Ctx) -> None:
-    """molecule default's converge is lab.yml on t-plain (the ``converged`` fixture, which
-    also checked idempotence and verify); in the session only lab1 runs at that point."""
+    """test_zzzz_lab.py runs it (molecule default: converge, idempotence, verify on a
+    fresh lab-profile VM); in the session only lab1 runs at that point."""
     ups = [s for s in ctx.done if s.words[:3] == ["kmodlab", "vm", "up"]]
     running = {w for s in ups for w in s.words[3:] if w in NAMES}
     assert running == {"lab1"}, f"{step}: lab.yml would run on {sorted(running)}, not lab1 alone"
@@ -171,7 +172,6 @@ def test_every_readme_command_has_a_rule_and_every_rule_a_command() -> None:
 
 def test_readme_session_works_as_written(
     guests: dict[str, Guest],
-    converged: Guest,  # lab.yml's step: molecule default converged t-plain with it
     images: dict[str, image.Image],  # the image build steps
     tmp_path: Path,
     project_key: keys.KeyPair,
@@ -185,5 +185,5 @@ def test_readme_session_works_as_written(
             handler(step, ctx)
             ctx.done.append(step)
     finally:
-        # modprobe dummy of the session: leave the converged VM as the other tests expect.
+        # modprobe dummy of the session: leave the VM as the other tests expect.
         guests[PLAIN].run("sudo modprobe -r dummy", check=False)

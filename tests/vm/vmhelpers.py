@@ -18,13 +18,12 @@ import yaml
 from kmodlab.lab import vms
 
 ROOT = Path(__file__).resolve().parents[2]
-# The modules lab.yml loads on the lab VMs: the lab inventory's selection (the catalog's
-# first labs; the whole catalog is proven through the builder, test_zzz_fleet.py).
+# The tier's DKMS lab: lab.yml with vars/dkms-lab.yml (twelve modules, each built on the
+# VM as its own DKMS package), which every playbook() run passes. The lab inventory's own
+# selection, the whole catalog prebuilt, is molecule default's (test_zzzz_lab.py).
+DKMS_LAB = ROOT / "vars/dkms-lab.yml"
 LAB_MODULES = sorted(
-    entry["name"]
-    for entry in yaml.safe_load((ROOT / "inventory/lab/group_vars/all.yml").read_text())[
-        "kmodlab_modules"
-    ]
+    entry["name"] for entry in yaml.safe_load(DKMS_LAB.read_text())["kmodlab_modules"]
 )
 VENV = ROOT / ".venv/bin"
 PLAIN = "t-plain"
@@ -79,9 +78,10 @@ def ansible_env(guest: Guest) -> dict[str, str]:
 
 
 def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.CompletedProcess[str]:
-    """Run lab.yml as users do, on one lab VM."""
+    """Run lab.yml as users do, on one lab VM, with the DKMS lab (``DKMS_LAB``; a later
+    ``-e`` in ``args`` wins)."""
     return subprocess.run(
-        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", limit, *args],
+        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", limit, "-e", f"@{DKMS_LAB}", *args],
         cwd=ROOT,
         env=ansible_env(guest),
         capture_output=True,
@@ -115,7 +115,8 @@ def assert_not_reached(output: str) -> None:
 
 
 def manifests_with_version(tmp_path: Path, name: str, version: str) -> Path:
-    """A copy of modules/ (for kmodlab_manifest_dir) where ``name`` has ``version``."""
+    """A copy of modules/ where ``name`` has ``version`` (for kmodlab_manifest_dirs:
+    searched first, its modules replace the catalog's)."""
     copy = tmp_path / "modules"
     shutil.copytree(ROOT / "modules", copy)
     path = copy / name / "module.yml"

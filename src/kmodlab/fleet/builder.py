@@ -174,6 +174,14 @@ def _units(records: Sequence[Mapping[str, Any]]) -> list[Unit]:
             continue
         if record.get("state", "present") == "absent":
             continue
+        if ((record.get("manifest") or {}).get("package") or {}).get("source"):
+            problems.append(
+                f"module {record.get('name')} is built in the third-party package "
+                f"{record.get('package')} (its own dkms.conf): the container builder does not "
+                "build those; deliver it with DKMS (kmodlab_delivery: dkms for the hosts "
+                "that select it)"
+            )
+            continue
         try:
             pkg = package_mod.render(record)
         except package_mod.PackageError as exc:

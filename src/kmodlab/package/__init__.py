@@ -18,6 +18,7 @@ installed for the kernel.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -37,6 +38,8 @@ KEEP_SYMVERS = "kmodlab-keep-symvers.sh"
 KBUILD_FILES = ("Kbuild", "Makefile")
 DKMS_CONF = "dkms.conf"
 DEFAULT_DEST_LOCATION = "/updates/dkms"
+# What kbuild leaves in a module folder: never part of a package.
+BUILD_OUTPUT = ("*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "modules.order", "Module.symvers")
 
 # dkms.conf is sourced by bash inside dkms, which sets these variables.
 _BUILD_DIR = "${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build"
@@ -115,6 +118,11 @@ def render(
     Reads ``name``, ``version``, ``source_dir`` and the ``manifest``'s ``sources`` and
     ``depends``. Raises PackageError for a module with neither Kbuild nor Makefile, an
     unreadable source, or a bad ``dest_location``.
+
+    A module of a third-party package (the manifest's ``package.source``) gives that
+    package as shipped: every file of its tree (``source_dir``, build output and dot files
+    left out) with its own dkms.conf, checked to name the package, the version and the
+    module among the modules it builds.
     """
     check_dest_location(dest_location)
     name, version, depends = _identity(record)
@@ -122,6 +130,8 @@ def render(
     source_dir = Path(str(record.get("source_dir") or ""))
     if not record.get("source_dir") or not source_dir.is_dir():
         raise PackageError(f"module {name}: source_dir {str(source_dir)!r} is not a folder")
+    if (manifest.get("package") or {}).get("source"):
+        return _shipped(record, name, version, source_dir)
     sources = manifest.get("sources") or []
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise PackageError(f"module {name}: manifest sources must be a list of file names")
@@ -152,6 +162,63 @@ def render(
         files[KEEP_SYMVERS] = keep_symvers_script()
         executables = (KEEP_SYMVERS,)
     return Package(name, version, files, executables, depends)
+
+
+def _shipped(record: Mapping[str, Any], name: str, version: str, tree: Path) -> Package:
+    """The third-party package ``record``'s module is built in, as its tree ships it."""
+    package = str(
+        record.get("package")
+        or (record.get("manifest") or {}).get("package", {}).get("name")
+        or name
+    )
+    files: dict[str, str] = {}
+    executables: list[str] = []
+    for path in sorted(tree.rglob("*")):
+        rel = path.relative_to(tree)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if any(fnmatch.fnmatch(path.name, pattern) for pattern in BUILD_OUTPUT):
+            continue
+        try:
+            files[rel.as_posix()] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PackageError(
+                f"module {name}: {path} is not text; kmodlab ships a package's files as text"
+            ) from None
+        if os.access(path, os.X_OK):
+            executables.append(rel.as_posix())
+    conf_text = files.get(DKMS_CONF)
+    if conf_text is None:
+        raise PackageError(f"module {name}: the package tree {tree} has no {DKMS_CONF}")
+    conf = read_dkms_conf(conf_text)
+    problems = []
+    if conf.get("PACKAGE_NAME") != package:
+        problems.append(
+            f"PACKAGE_NAME is {conf.get('PACKAGE_NAME')!r}, the manifest says {package!r}"
+        )
+    if conf.get("PACKAGE_VERSION") != version:
+        problems.append(
+            f"PACKAGE_VERSION is {conf.get('PACKAGE_VERSION')!r}, the manifest says {version!r}"
+        )
+    built = built_modules(conf)
+    kmod = str(record.get("kmod") or name.replace("-", "_"))
+    if not {name, kmod} & set(built):
+        problems.append(
+            f"its BUILT_MODULE_NAME entries ({', '.join(built) or 'none'}) do not include {kmod}"
+        )
+    if problems:
+        raise PackageError(f"module {name}: {tree / DKMS_CONF}: " + "; ".join(problems))
+    return Package(package, version, files, tuple(executables), ())
+
+
+def built_modules(conf: Mapping[str, str]) -> list[str]:
+    """The BUILT_MODULE_NAME[n] values of a read dkms.conf, in index order."""
+    found = []
+    for key, value in conf.items():
+        match = re.fullmatch(r"BUILT_MODULE_NAME\[(\d+)\]", key)
+        if match:
+            found.append((int(match.group(1)), value))
+    return [value for _index, value in sorted(found)]
 
 
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)=(.*)$")
@@ -262,20 +329,20 @@ def packages_for(
     ``records`` is kept. Every broken record is reported in one PackageError.
     """
     check_dest_location(dest_location)
-    out: list[dict[str, Any]] = []
+    out: dict[str, dict[str, Any]] = {}
+    owners: dict[str, str] = {}
     problems: list[str] = []
     for record in records:
         try:
             if not isinstance(record, Mapping):
                 raise PackageError(f"a record is a mapping, got {type(record).__name__}")
             state = record.get("state", "present")
+            name, version, _depends = _identity(record)
             if state == "absent":
-                name, version, _depends = _identity(record)
-                out.append({"name": name, "version": version, "state": "absent"})
+                spec = {"name": str(record.get("package") or name), "version": version,
+                        "state": "absent"}  # fmt: skip
             elif state in ("present", "config"):
-                out.append(
-                    render(record, dest_location=dest_location, autoinstall=autoinstall).spec()
-                )
+                spec = render(record, dest_location=dest_location, autoinstall=autoinstall).spec()
             else:
                 raise PackageError(
                     f"module {record.get('name')}: state {state!r} is not one of "
@@ -283,9 +350,25 @@ def packages_for(
                 )
         except PackageError as exc:
             problems.append(str(exc))
+            continue
+        # The modules of one third-party package share it: one entry, present when any
+        # of them is.
+        key = spec["name"]
+        seen = out.get(key)
+        if seen is None or (seen["state"] == "absent" and spec["state"] != "absent"):
+            out[key], owners[key] = spec, name
+        elif spec["state"] != "absent" and spec != seen:
+            problems.append(_clash(key, owners[key], name))
     if problems:
         raise PackageError("\n".join(problems))
-    return out
+    return list(out.values())
+
+
+def _clash(package: str, first: str, second: str) -> str:
+    return (
+        f"modules {first} and {second} are both built in package {package}, but at "
+        "different versions or from different trees: their manifests must name the same"
+    )
 
 
 def _identity(record: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:

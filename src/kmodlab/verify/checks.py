@@ -78,6 +78,7 @@ from kmodlab.verify.observe import (
     SOURCE_ROOT,
     Observation,
     build_id_path,
+    dkms_package,
     host_package,
     installed_files,
     module_dir,
@@ -151,7 +152,8 @@ def _dkms(
     tree = obs.dkms
     if "error" in tree:
         return [f"the DKMS tree could not be read: {tree['error']}"]
-    entries = [e for e in tree.get("entries", []) if e["name"] == record["name"]]
+    package = dkms_package(record)
+    entries = [e for e in tree.get("entries", []) if e["name"] == package]
     mine = [e for e in entries if e["version"] == record["version"]]
     wanted = [e for e in mine if e["kernel"] == kernel and e["status"] in statuses]
     if wanted and not any(e["diff"] or e["missing"] for e in wanted):
@@ -159,7 +161,7 @@ def _dkms(
     seen = "; ".join(e["line"] for e in mine)
     others = "; ".join(e["line"] for e in entries if e not in mine)
     return [
-        f"DKMS shows {record['name']}/{record['version']} not "
+        f"DKMS shows {package}/{record['version']} not "
         f"{' or '.join(statuses)} for kernel {kernel} (it shows: {seen or 'nothing'}"
         + (f"; other versions: {others}" if others else "")
         + ")"
@@ -433,7 +435,7 @@ def _gone(obs: Observation, path: str) -> str | None:
 def dkms_removed(record: dict[str, Any], obs: Observation, kernel: str) -> list[str]:
     """An absent module's package is gone from DKMS: no entry and no folder in the DKMS
     tree, no installed .ko for the running kernel, no sources of its version."""
-    name = record["name"]
+    name = dkms_package(record)
     problems = []
     tree = obs.dkms
     if "error" in tree:

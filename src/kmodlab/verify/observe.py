@@ -166,6 +166,11 @@ def installed_files(record: dict[str, Any], kernel: str, delivery: str = "dkms")
     return [f"{folder}/{name}{suffix}" for name in names for suffix in MODULE_SUFFIXES]
 
 
+def dkms_package(record: dict[str, Any]) -> str:
+    """The DKMS package the module is built in: its own, or a third-party package's."""
+    return str(record.get("package") or record["name"])
+
+
 def functional_id(record: dict[str, Any], index: int) -> str:
     return f"{record['name']}#{index}"
 
@@ -210,8 +215,8 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
             ]
         if rec["state"] == "absent":
             if not deb:
-                stat.append(f"{DKMS_TREE}/{rec['name']}")
-                stat.append(f"{SOURCE_ROOT}/{rec['name']}-{rec['version']}")
+                stat.append(f"{DKMS_TREE}/{dkms_package(rec)}")
+                stat.append(f"{SOURCE_ROOT}/{dkms_package(rec)}-{rec['version']}")
             stat += installed_files(rec, kernel, expectation.delivery)
         if rec["state"] != "present":
             continue
@@ -246,7 +251,8 @@ def build_request(expectation: Expectation) -> dict[str, Any]:
         request["dpkg"] = {"packages": list(dict.fromkeys(packages))}
         request["rollout"] = ROLLOUT_FACT
     else:
-        request["dkms"] = {"tree": DKMS_TREE, "names": [rec["name"] for rec in expectation.modules]}
+        names = sorted({dkms_package(rec) for rec in expectation.modules})
+        request["dkms"] = {"tree": DKMS_TREE, "names": names}
     return request
 
 
