@@ -187,10 +187,36 @@ def kmod_load_fact(
     return {"modules": modules}
 
 
+def kmod_load_blocked(
+    names: list[str], by_name: dict[str, dict[str, Any]], not_loaded: list[str]
+) -> dict[str, list[str]]:
+    """``{name: [failed modules it depends on]}`` for those of ``names`` (in order) that
+    depend on a module in ``not_loaded``; the blockers in the order of its depends."""
+    failed = set(not_loaded)
+    out = {}
+    for name in names:
+        depends = (by_name[name].get("manifest") or {}).get("depends") or []
+        blockers = [d for d in depends if d in failed]
+        if blockers:
+            out[name] = blockers
+    return out
+
+
+def kmod_load_batch(names: list[str], by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of kmodlab.lab.kmod_modprobe for ``names``, in order: ``{name, kmod,
+    params}``, params being the module's modprobe arguments (the kmod_args filter's)."""
+    return [
+        {"name": name, "kmod": by_name[name]["kmod"], "params": kmod_args(by_name[name])}
+        for name in names
+    ]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "kmod_args": kmod_args,
+            "kmod_load_blocked": kmod_load_blocked,
+            "kmod_load_batch": kmod_load_batch,
             "kmod_load_problems": kmod_load_problems,
             "kmod_load_failure": kmod_load_failure,
             "kmod_load_fact": kmod_load_fact,

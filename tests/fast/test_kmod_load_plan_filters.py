@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.kmodlab.lab.plugins.filter import kmod_load
 from ansible_collections.kmodlab.lab.plugins.filter import kmod_load_plan as f
 
 MP = "/etc/modprobe.d/hello-5.conf"
@@ -88,3 +89,21 @@ def test_records_get_their_wanted_files() -> None:
     assert out[0]["files"][MP] is None
     assert set(out[1]["files"].values()) == {None}
     assert "files" not in records[0]
+
+
+def test_blocked_modules_and_batch_entries() -> None:
+    by_name = {
+        "a": {"name": "a", "kmod": "a", "params": {}, "manifest": {"depends": ["x", "y"]}},
+        "b": {"name": "b", "kmod": "b", "params": {}, "manifest": {"depends": ["y"]}},
+        "hello-5": {"name": "hello-5", "kmod": "hello_5", "params": {"myint": 7},
+                    "manifest": {"parameters": [{"name": "myint", "type": "int"}]}},
+    }  # fmt: skip
+    assert kmod_load.kmod_load_blocked(["a", "b", "hello-5"], by_name, ["y", "x"]) == {
+        "a": ["x", "y"],
+        "b": ["y"],
+    }
+    assert kmod_load.kmod_load_blocked(["a", "b"], by_name, []) == {}
+    assert kmod_load.kmod_load_batch(["hello-5", "b"], by_name) == [
+        {"name": "hello-5", "kmod": "hello_5", "params": "myint=7"},
+        {"name": "b", "kmod": "b", "params": ""},
+    ]

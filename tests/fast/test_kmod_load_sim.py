@@ -7,7 +7,8 @@ back, the kernel's message in the failure), a major already taken, dependencies 
 their cascade, both absent (the user unloaded first), absent/config/persist, a module
 in use, missing unload messages; fixed-size arrays, a hidden parameter reloaded behind
 the role's back (read from the module's message), /dev nodes removed or changed by hand,
-and a refused init quoted in the kernel's words.
+a refused init quoted in the kernel's words, and the modules no other depends on loaded
+in one kmodlab.lab.kmod_modprobe call that goes on past a refused one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kmod_sim.harness import MODULES, Sim, available
+from kmod_sim.harness import MODULES, Sim, available, manifest_vars
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -167,7 +168,7 @@ def test_wrong_manifest_type_kernel_message_and_nothing_left_loaded(sim: Sim, tm
 
     res = sim.run(
         [{"name": "hello-5", "params": {"mylong": "hello"}}],
-        extra={"kmodlab_manifest_dir": str(modules)},
+        extra=manifest_vars(modules),
     )
     assert res.rc != 0
     message = " ".join(res.failure_messages())
@@ -191,7 +192,7 @@ def test_parameter_the_module_lacks_is_rolled_back(sim: Sim, tmp_path: Path):
     path.write_text(yaml.safe_dump(manifest))
     res = sim.run(
         [{"name": "base", "params": {"ghost": 3}}],
-        extra={"kmodlab_manifest_dir": str(modules)},
+        extra=manifest_vars(modules),
     )
     assert res.rc != 0
     message = " ".join(res.failure_messages())
@@ -305,6 +306,56 @@ def test_dependency_failure_skips_its_users(sim: Sim):
     assert "user: not loaded because base, which it depends on, failed" in message, message
     assert not sim.loaded("base") and not sim.loaded("user")
     assert sim.loaded("memory")  # independent modules still get loaded
+
+
+def test_independent_modules_load_in_one_call_past_a_refused_one(sim: Sim):
+    """Modules no other depends on are loaded by one kmodlab.lab.kmod_modprobe call, one
+    modprobe each in load order; the kernel refusing the middle one neither stops the
+    last one nor leaves the refused one changed: it is put back as it was, and the play
+    fails with the kernel's message, as when a module loaded on its own is refused."""
+    assert sim.run([{"name": "hello-5", "params": {"myint": 5}}]).rc == 0
+    conf_before = (sim.modprobe_d / "hello-5.conf").read_text()
+    sim.spec["modules"][HELLO]["reject"] = {"myint": ["13"]}
+    sim.save_spec()
+    calls_before = len(sim.modprobe_calls())
+
+    res = sim.run(
+        [{"name": "base"}, {"name": "hello-5", "params": {"myint": 13}}, {"name": "memory"}]
+    )
+    assert res.rc != 0
+    message = " ".join(m for m in res.failure_messages() if m.startswith("hello-5"))
+    assert message.startswith(
+        "hello-5: the kernel refused parameter myint=13: hello_5: `13' invalid for parameter "
+        "`myint'; modprobe said \"could not insert 'hello_5': Invalid argument\". "
+        "The previous configuration was loaded again ("
+    ), message
+    assert "myint=5" in message, message
+    # the two others are loaded; hello-5 runs as it was, with its files and fact entry
+    assert sim.loaded("base") and sim.loaded("memory")
+    assert sim.loaded(HELLO) and sim.values(HELLO)["myint"] == "5"
+    assert sim.values(HELLO)["mystring"] == "hello lab"
+    assert (sim.modprobe_d / "hello-5.conf").read_text() == conf_before
+    assert sim.fact()["modules"]["hello-5"]["params"]["myint"] == 5
+    assert {"base", "memory"} <= set(sim.fact()["modules"])
+
+    # one module call loaded the three of them, one modprobe each, in load order
+    batch = [r for _n, r in res.tasks() if r.get("action") == "kmodlab.lab.kmod_modprobe"]
+    assert len(batch) == 1, [n for n, _r in res.tasks()]
+    assert [m["name"] for m in batch[0]["modules"]] == ["base", "hello-5", "memory"]
+    assert batch[0]["failed_modules"] == ["hello-5"]
+    calls = sim.modprobe_calls()[calls_before:]
+    assert [c.split()[:2] for c in calls] == [["--", "base"], ["--", HELLO], ["--", "memory"]]
+    assert "myint=13" in calls[1].split(), calls
+    # none of them went the one-at-a-time way (community.general.modprobe), but for the
+    # restore of hello-5 with its previous parameters
+    one_by_one = [
+        n
+        for n, r in res.tasks()
+        if r.get("action") == "community.general.modprobe" and not r.get("skipped")
+    ]
+    assert [n.split(" : ")[-1] for n in one_by_one] == [
+        "Load again with the previous parameters - hello-5"
+    ], one_by_one
 
 
 def test_tags_run_a_single_phase(sim: Sim):

@@ -37,9 +37,9 @@ FILES = {"dkms.conf": CONF, "Makefile": "obj-m := acme_temp.o acme_fan.o\n",
          "acme_temp.c": "/* temp */\n", "acme_fan.c": "/* fan */\n"}  # fmt: skip
 
 
-def write_tree(root: Path, files: dict[str, str] = FILES) -> Path:
+def write_tree(root: Path, files: dict[str, str] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for rel, text in files.items():
+    for rel, text in (files or FILES).items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return root

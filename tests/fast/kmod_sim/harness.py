@@ -2,8 +2,8 @@
 
 /sys/module, /proc/devices, /dev, /etc/modprobe.d and /etc/modules-load.d are
 bind-mounted from a tmp dir (``unshare -m``), so the role, its probe module and
-``rmmod``/``modinfo`` (stand-ins on PATH) see a kernel that loads and refuses modules
-like a real one. The pretend /dev has the few nodes Ansible needs, /dev/kmsg as a
+``modprobe``/``rmmod``/``modinfo`` (stand-ins on PATH) see a kernel that loads and
+refuses modules like a real one. The pretend /dev has the few nodes Ansible needs, /dev/kmsg as a
 file, and the nodes the pretend kernel creates for its modules (like devtmpfs).
 ``community.general.modprobe`` is replaced by a stand-in with the same interface
 through a stub collection that also carries the real ``lists_mergeby``.
@@ -81,6 +81,12 @@ def _spec_from_manifests() -> dict[str, Any]:
     return {"modules": mods}
 
 
+def manifest_vars(folder: Path) -> dict[str, Any]:
+    """The play variables that make kmodlab.lab.selection read the manifests of ``folder``
+    (before the collection's catalog): kmodlab_manifest_dirs."""
+    return {"kmodlab_manifest_dirs": [str(folder)]}
+
+
 # Character devices Ansible and Python need in /dev (name, major, minor).
 _DEV_NODES = (
     ("null", 1, 3),
@@ -132,6 +138,15 @@ class Sim:
             script = self.bin / name
             script.write_text(f'#!/bin/sh\nexec {sys.executable} {kernel} {command} "$@"\n')
             script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        # modprobe as kmodlab.lab.kmod_modprobe runs it (found on PATH before the host's
+        # own); each call is logged, one line of arguments, for the tests to count.
+        self.modprobe_log = tmp / "modprobe.log"
+        script = self.bin / "modprobe"
+        script.write_text(
+            f'#!/bin/sh\necho "$*" >> {self.modprobe_log}\n'
+            f'exec {sys.executable} {kernel} modprobe "$@"\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
         cg = self.collections / "ansible_collections" / "community" / "general"
         (cg / "plugins" / "modules").mkdir(parents=True)
         shutil.copy(HERE / "modprobe.py", cg / "plugins" / "modules" / "modprobe.py")
@@ -172,7 +187,7 @@ class Sim:
     ) -> Result:
         variables = {
             "kmodlab_modules": modules,
-            "kmodlab_manifest_dir": str(MODULES),
+            **manifest_vars(MODULES),
             "__kmod_load_fact_dir": str(self.facts),
             "ansible_become_method": "su",
             "ansible_python_interpreter": sys.executable,
@@ -225,6 +240,13 @@ class Sim:
     def values(self, kmod: str) -> dict[str, Any]:
         """All parameter values of a loaded module, hidden ones included."""
         return json.loads((self.sys / kmod / ".sim.json").read_text())
+
+    def modprobe_calls(self) -> list[str]:
+        """The arguments of every ``modprobe`` run on PATH so far (kmodlab.lab.kmod_modprobe;
+        community.general.modprobe is the stand-in module, which calls the kernel directly)."""
+        if not self.modprobe_log.exists():
+            return []
+        return self.modprobe_log.read_text().splitlines()
 
     def kmsg_lines(self) -> list[str]:
         return [line.split(";", 1)[1] for line in self.kmsg.read_text().splitlines()]

@@ -9,6 +9,9 @@ The modules it knows, with their parameters and messages, are in the JSON file n
 by KMODLAB_SIM_SPEC. Commands:
 
     simkernel.py load KMOD [P=V ...]   (modprobe: options of /etc/modprobe.d first)
+    simkernel.py modprobe [--] KMOD [P=V ...]
+                                       (modprobe's own command line, as
+                                       kmodlab.lab.kmod_modprobe runs it)
     simkernel.py unload KMOD           (rmmod)
     simkernel.py modinfo KMOD          (modinfo)
 
@@ -313,7 +316,18 @@ def modinfo(kmod: str) -> int:
     return 0
 
 
+def modprobe(args: list[str]) -> int:
+    """``modprobe [--] KMOD [P=V ...]``: load KMOD (and what it depends on)."""
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args or args[0].startswith("-"):
+        return fail(f"modprobe (simulation): unsupported arguments {args}", 2)
+    return load(args[0].replace("-", "_"), args[1:])
+
+
 def main(argv: list[str]) -> int:
+    if argv[1] == "modprobe":
+        return modprobe(argv[2:])
     command, kmod = argv[1], argv[2].replace("-", "_")
     if command == "load":
         return load(kmod, argv[3:])
