@@ -1,10 +1,10 @@
 """Benchmark of the fleet path: the builder alone, the lab through the builder against by
 hand, and fleet.yml on four hosts against one (P3). Prints figures side by side.
 
-- builder: the ten lab modules for one ABI in the container builder, cold (a new
-  artifact store; builder images already made) and cached.
+- builder: the lab inventory's modules for one ABI in the container builder, cold (a
+  new artifact store; builder images already made) and cached.
 - lab: one fresh lab VM; by hand (copy, make, insmod, one module after the other, as
-  bench/lab_vs_hand.py does), then fleet.yml with the same ten modules, built in the
+  bench/lab_vs_hand.py does), then fleet.yml with the same modules, built in the
   container and installed as packages (a new artifact store: the build is included).
   Target: fleet.yml <= 0.3 x by hand.
 - p3: fleet.yml on one fresh bare VM, then on four fresh bare VMs, each with a new

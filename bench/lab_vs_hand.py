@@ -2,8 +2,9 @@
 
 By hand is the way the guide teaches it, one module after the other: copy the sources,
 ``make -C /lib/modules/$(uname -r)/build M=...``, ``insmod`` with the lab parameters.
-Then the by-hand modules are unloaded and ``lab.yml`` runs twice: the first run (DKMS
-packages, load, verify) and the idempotent re-run. Prints seconds, the two ratios and
+Then the by-hand modules are unloaded and ``lab.yml`` runs twice, as the lab inventory
+sets it (its delivery and modules): the first run (build, install, load, verify) and the
+idempotent re-run. Prints seconds, the two ratios and
 the re-run's changed count, plus other processes' CPU meanwhile.
 
     .venv/bin/python bench/lab_vs_hand.py [--keep]
@@ -121,7 +122,7 @@ def main() -> None:
         others = cpu_total() - c0
         changed = re.search(rf"^{VM}\s*:.*changed=(\d+)", out, re.M)
         print(f"by hand (copy, make, insmod; one after the other): {hand:7.1f} s")
-        print(f"lab.yml first run (DKMS, load, verify):           {first:7.1f} s")
+        print(f"lab.yml first run (build, load, verify):          {first:7.1f} s")
         print(
             f"lab.yml re-run:                                   {rerun:7.1f} s, "
             f"changed={changed.group(1) if changed else '?'}"

@@ -122,8 +122,7 @@ ansible_facts:
         - One record per module, in load order; C(name), C(kmod) (the kernel's name for
           it), C(version), C(package) (the DKMS package it is built in), C(state),
           C(params) (the wanted parameters, complete), C(persist), C(source_dir) (the
-          package's files on the controller), C(manifest_dir) (the folder of its
-          C(module.yml)) and C(manifest).
+          package's files on the controller) and C(manifest).
       type: list
       elements: dict
     kmodlab_delivery:

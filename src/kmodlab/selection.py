@@ -250,7 +250,6 @@ def resolve(
                 "params": entry["params"],
                 "persist": bool(entry["persist"]),
                 "source_dir": str(source_dir),
-                "manifest_dir": str(folder),
                 "manifest": m.model_dump(mode="json", by_alias=True),
             }
         )

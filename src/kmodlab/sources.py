@@ -20,6 +20,8 @@ nothing a later run would take for a tree.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -29,6 +31,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +110,22 @@ def _git(source: GitSource, cache: Path) -> Tree:
             f"{source.git}: git is not installed on the controller (apt-get install git)"
         )
     clone = cache / "git" / _digest(source.git)
+    # Several hosts' selections run at once: one clone, fetch and checkout at a time.
+    with _locked(_parent(clone) / f"{clone.name}.lock"):
+        return _git_locked(source, clone, cache)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _git_locked(source: GitSource, clone: Path, cache: Path) -> Tree:
     if not (clone / "HEAD").is_file():
         clone.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=clone.name + ".", dir=clone.parent))
@@ -158,6 +177,11 @@ def _parent(path: Path) -> Path:
 
 def _tarball(source: TarballSource, cache: Path) -> Tree:
     tree = cache / "trees" / f"tar-{source.sha256}"
+    with _locked(_parent(cache / "tarballs" / source.sha256) / f"{source.sha256}.lock"):
+        return _tarball_locked(source, cache, tree)
+
+
+def _tarball_locked(source: TarballSource, cache: Path, tree: Path) -> Tree:
     if tree.is_dir():
         return Tree(tree, f"sha256:{source.sha256}")
     archive = cache / "tarballs" / source.sha256

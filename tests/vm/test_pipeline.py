@@ -112,6 +112,33 @@ def test_unknown_module_rejected_before_any_host_is_touched(converged: Guest) ->
     assert before == after
 
 
+def test_a_package_beside_the_dkms_copy_is_refused_before_anything_changes(
+    converged: Guest, tmp_path: Path
+) -> None:
+    """One copy per module: hello-1 is DKMS's on the converged lab; lab.yml with delivery
+    deb for it builds the package in the container, then stops the host before installing
+    it, naming the DKMS copy and the way to switch. Nothing on the host changed."""
+    state = "ls /var/cache/kmodlab /etc/ansible/facts.d; dpkg-query -W 'kmodlab-*' 2>&1; true"
+    before = converged.run(state)
+    selection = {"kmodlab_delivery": "deb", "kmodlab_modules": [{"name": "hello-1"}]}
+    proc = playbook(
+        converged,
+        "-e",
+        json.dumps(selection),
+        "-e",
+        f"kmod_verify_report_dir={tmp_path}",
+    )
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    said = " ".join(proc.stdout.split())  # the callback wraps long messages
+    assert "hello-1: DKMS already has this module on this host" in said, proc.stdout[-4000:]
+    assert "(hello-1: /var/lib/dkms/hello-1)" in said
+    assert "Nothing was changed" in said and "kmodlab_delivery: dkms" in said
+    assert "TASK [kmodlab.lab.module_install : Install the prebuilt packages" in proc.stdout
+    assert "TASK [kmodlab.lab.kmod_load" not in proc.stdout
+    assert converged.run(state) == before
+    assert "hello_1" in converged.run("cut -d' ' -f1 /proc/modules").split()
+
+
 def test_wrong_parameter_type_rejected_naming_module_and_parameter(converged: Guest) -> None:
     entries = [{"name": "hello-5", "params": {"mylong": "hello"}}]
     proc = playbook(converged, "-e", json.dumps({"kmodlab_modules": entries}))
