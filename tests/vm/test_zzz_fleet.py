@@ -331,3 +331,42 @@ def test_kernel_upgrade_boots_with_the_modules(fleet: dict[str, Guest], artifact
     assert kmods <= loaded, sorted(loaded)
     again = verify_playbook(canary, CANARY)
     assert again.returncode == 0, again.stdout[-5000:]
+
+
+def test_the_lab_under_secure_boot_verifies_the_whole_catalog(
+    fleet: dict[str, Guest], tmp_path: Path
+) -> None:
+    """`scripts/setup-lab --secure-boot`'s lab.yml (the lab inventory as it is: the whole
+    catalog, delivery deb) on the tier's Secure Boot VM (t-fb: lockdown on, the project key
+    enrolled): every module signed in the builder with the project key, loaded under
+    lockdown and verified by its manifest's checks, its signer and key id the project
+    key's."""
+    guest = fleet[SECOND]
+    assert "SecureBoot enabled" in guest.run("mokutil --sb-state")
+    catalog = sorted(
+        e["name"]
+        for e in yaml.safe_load((ROOT / "inventory/lab/group_vars/all.yml").read_text())[
+            "kmodlab_modules"
+        ]
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(VENV / "ansible-playbook"), "lab.yml", "--limit", SECOND,
+         "-e", f"kmod_verify_report_dir={tmp_path}"],
+        cwd=ROOT, env=ansible_env(guest), capture_output=True, text=True, timeout=1800,
+        check=False,
+    )  # fmt: skip
+    (guest.lab.path / "catalog-secure-boot.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    print(f"the catalog under Secure Boot: {time.monotonic() - start:.0f} s")
+    report = json.loads((tmp_path / "report.json").read_text())
+    (host,) = report["hosts"]
+    assert host["outcome"] == "pass", host["problems"]
+    assert host["secure_boot"]["secure_boot"] is True, host["secure_boot"]
+    assert host["lockdown"] in ("integrity", "confidentiality"), host["lockdown"]
+    assert sorted(m["name"] for m in host["modules"]) == catalog
+    assert not [m["name"] for m in host["modules"] if m["failures"]]
+    signed = {m["name"] for m in host["modules"] if m["stages"].get("signed") == "pass"}
+    assert signed == set(catalog), sorted(set(catalog) - signed)
+    # No module loaded unsigned: the kernel's E taint (bit 13) is clear.
+    assert not int(guest.run("cat /proc/sys/kernel/tainted").strip()) & (1 << 13)
