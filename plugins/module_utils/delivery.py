@@ -17,17 +17,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.kmodlab.lab.plugins.module_utils.deb_plan import abi_of
+
 DKMS_TREE = "/var/lib/dkms"
 # dpkg-query pattern of the prebuilt packages: kmodlab-NAME-modules-ABI.
 PACKAGE_PATTERN = "kmodlab-*-modules-*"
-
-
-def package_module(package: str) -> str | None:
-    """The module a prebuilt package ships (``kmodlab-NAME-modules-ABI``), or None."""
-    if not package.startswith("kmodlab-"):
-        return None
-    name, sep, abi = package[len("kmodlab-") :].rpartition("-modules-")
-    return name if sep and name and abi[:1].isdigit() else None
 
 
 def dkms_copies(names: Iterable[str], dkms_tree: str = DKMS_TREE) -> dict[str, str]:
@@ -45,12 +39,12 @@ def package_copies(
 ) -> dict[str, list[str]]:
     """``{name: [package, ...]}`` for the modules that have a prebuilt package on the host
     that is not gone (``packages``: ``dpkg_status.parse_query`` output)."""
-    wanted = set(names)
     found: dict[str, list[str]] = {}
-    for package, entry in sorted(packages.items()):
-        name = package_module(package)
-        if name in wanted and not entry.get("gone"):
-            found.setdefault(name, []).append(package)
+    for name in names:
+        mine = [p for p, entry in sorted(packages.items())
+                if abi_of(name, p) is not None and not entry.get("gone")]  # fmt: skip
+        if mine:
+            found[name] = mine
     return found
 
 

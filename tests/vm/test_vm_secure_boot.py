@@ -32,6 +32,7 @@ from vmhelpers import (
     ansible_env,
     default_reports,
     kmodlab,
+    molecule,
     playbook,
     recap,
 )
@@ -87,19 +88,10 @@ def sb_converged(sb: Guest, project_key: keys.KeyPair) -> Iterator[Guest]:
     headers of the bare profile first), idempotence (changed=0), verify."""
     env = {**ansible_env(sb), "KMODLAB_MOLECULE_VM": SB}
     start = time.monotonic()
-    proc = subprocess.run(
-        [str(VENV / "molecule"), "test", "-s", "secureboot"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    log = proc.stdout + proc.stderr
-    (sb.lab.path / "molecule-secureboot.log").write_text(log)
-    print(f"molecule secureboot: {time.monotonic() - start:.0f} s")
-    assert proc.returncode == 0, log[-8000:]
+    try:
+        molecule("secureboot", env, sb.lab)
+    finally:
+        print(f"molecule secureboot: {time.monotonic() - start:.0f} s")
     yield sb
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vmhelpers import ROOT, VENV, Guest, ansible_env, env_set, kmodlab, reboot
+from vmhelpers import ROOT, VENV, Guest, ansible_env, env_set, kmodlab, molecule, reboot
 
 from kmodlab import keys
 from kmodlab.fleet import artifacts
@@ -176,18 +176,7 @@ def test_molecule_fleet_builds_once_per_abi_and_rolls_out(
     assert kernels[CANARY] == OLD_KERNEL
     assert kernels[SECOND] == kernels[THIRD] != OLD_KERNEL, kernels
     assert "SecureBoot enabled" in fleet[SECOND].run("mokutil --sb-state")
-    proc = subprocess.run(
-        [str(VENV / "molecule"), "test", "-s", "fleet"],
-        cwd=ROOT,
-        env=_env(guest),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    log = proc.stdout + proc.stderr
-    (guest.lab.path / "molecule-fleet.log").write_text(log)
-    assert proc.returncode == 0, log[-8000:]
+    molecule("fleet", _env(guest), guest.lab)
     done = compilations(artifact_dir)
     counts = Counter((entry["module"], entry["abi"]) for entry in done)
     expected = {(m, k) for m in MODULES for k in (kernels[CANARY], kernels[THIRD])}

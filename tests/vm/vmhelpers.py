@@ -91,6 +91,24 @@ def playbook(guest: Guest, *args: str, limit: str = PLAIN) -> subprocess.Complet
     )
 
 
+def molecule(scenario: str, env: dict[str, str], lab: vms.Lab) -> str:
+    """``molecule test -s SCENARIO`` from the repository; its output (also kept as
+    LAB/molecule-SCENARIO.log), after asserting that it passed."""
+    proc = subprocess.run(
+        [str(VENV / "molecule"), "test", "-s", scenario],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    (lab.path / f"molecule-{scenario}.log").write_text(log)
+    assert proc.returncode == 0, log[-8000:]
+    return log
+
+
 def default_reports() -> Path:
     """The report folder lab.yml writes to when kmod_verify_report_dir is not given (the
     role's default, from the environment the runs inherit)."""

@@ -179,12 +179,7 @@ def _shipped(record: Mapping[str, Any], name: str, version: str, tree: Path) -> 
             continue
         if any(fnmatch.fnmatch(path.name, pattern) for pattern in BUILD_OUTPUT):
             continue
-        try:
-            files[rel.as_posix()] = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise PackageError(
-                f"module {name}: {path} is not text; kmodlab ships a package's files as text"
-            ) from None
+        files[rel.as_posix()] = _read(name, tree, rel.as_posix())
         if os.access(path, os.X_OK):
             executables.append(rel.as_posix())
     conf_text = files.get(DKMS_CONF)
